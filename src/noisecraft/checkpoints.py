@@ -1,0 +1,192 @@
+"""Model files: safetensors weights with their typed config in the metadata, never a pickle.
+
+A noisecraft model is one ``.safetensors`` file (or a folder holding one, beside its licence
+notes and model card). Its tensors are named ``unet.*`` and ``vae.*`` in the original
+Stable Diffusion layouts; its metadata holds ``{"format": "noisecraft", "config": <JSON>}``,
+the `ModelConfig` that rebuilds the networks. Nothing else is needed to load it.
+
+Files are recognised by their first bytes, not their name: a pickle (zip or protocol-2
+stream) renamed ``.safetensors`` is refused before anything is deserialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelFileError
+from .models.unet import UNetConfig
+from .models.vae import VAEConfig
+
+FORMAT = "noisecraft"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model from its weights file.
+
+    ``kind`` is ``"latent"`` (UNet over a VAE's latents), ``"pixel"`` (UNet over pixels) or
+    ``"vae"`` (an autoencoder alone, for training latent models on top of it).
+    """
+
+    kind: str = "latent"
+    unet: UNetConfig | None = None
+    vae: VAEConfig | None = None
+    text_encoder: str | None = "minilm"
+    prediction: str = "eps"
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+    image_size: int = 64
+    name: str = "noisecraft"
+    defaults: dict = field(default_factory=lambda: {"steps": 20, "guidance_scale": 5.0, "sampler": "dpmpp_2m_karras"})
+
+    @property
+    def channels(self) -> int:
+        return self.vae.in_channels if self.vae is not None else self.unet.in_channels
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.vae.downsample_factor if self.kind == "latent" else 1
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["unet"] = self.unet.to_dict() if self.unet else None
+        data["vae"] = self.vae.to_dict() if self.vae else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelFileError(f"the model config has fields this noisecraft does not know ({', '.join(sorted(unknown))}); upgrade noisecraft")
+        data["unet"] = UNetConfig.from_dict(data["unet"]) if data.get("unet") else None
+        data["vae"] = VAEConfig.from_dict(data["vae"]) if data.get("vae") else None
+        return cls(**data)
+
+
+def sniff(path: Path) -> str:
+    """Name a weights file's format from its first bytes: safetensors, zip-pickle, pickle or unknown."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip-pickle"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9:
+        (size,) = struct.unpack("<Q", head[:8])
+        if 2 <= size <= MAX_HEADER_BYTES and head[8:9] == b"{":
+            return "safetensors"
+    return "unknown"
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, read in bounded time and memory."""
+    size_on_disk = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise ModelFileError(f"{path} is not a complete safetensors file (it is {size_on_disk} bytes); download or copy it again")
+        (header_size,) = struct.unpack("<Q", raw)
+        if header_size > MAX_HEADER_BYTES or header_size + 8 > size_on_disk:
+            raise ModelFileError(f"{path} is truncated or corrupt (its header claims {header_size} bytes); download or copy it again")
+        try:
+            header = json.loads(handle.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelFileError(f"{path} has a corrupt safetensors header; download or copy it again") from None
+    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
+    if ends and 8 + header_size + max(ends) > size_on_disk:
+        raise ModelFileError(f"{path} is truncated: its tensors need more bytes than the file has; download or copy it again")
+    return header
+
+
+def resolve_weights_file(path: str | os.PathLike) -> Path:
+    """The weights file for a model path: the file itself, or the one `.safetensors` in a folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"no model at {path}; give a noisecraft model folder or .safetensors file")
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        preferred = [p for p in candidates if p.name == "model.safetensors"]
+        if preferred:
+            return preferred[0]
+        if len(candidates) != 1:
+            raise ModelFileError(f"{path} holds {len(candidates)} .safetensors files; name the one to use")
+        return candidates[0]
+    return path
+
+
+def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ModelConfig, dict[str, dict[str, torch.Tensor]], Path]:
+    """Read a noisecraft model file: its config and its state dicts per part (``unet``, ``vae``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = resolve_weights_file(path)
+    kind = sniff(file)
+    if kind in ("zip-pickle", "pickle"):
+        raise ModelFileError(f"{file} is a pickle, which can run code when loaded; noisecraft only loads .safetensors model files")
+    if kind != "safetensors":
+        raise ModelFileError(f"{file} is not a safetensors model file (corrupt or another format)")
+    header = read_safetensors_header(file)
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise ModelFileError(f"{file} is a safetensors file without a noisecraft config; it is not a noisecraft model")
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        tensors = load_file(str(file), device=str(device))
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{file} is corrupt ({error}); download or copy it again") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        part, _, key = name.partition(".")
+        parts.setdefault(part, {})[key] = tensor
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ModelFileError(f"{file} has NaN or infinite weights in {len(bad)} tensors (first: {bad[0]}); the model is broken")
+    return config, parts, file
+
+
+def save_model_file(path: str | os.PathLike, config: ModelConfig, parts: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None = None) -> Path:
+    """Write config + state dicts as one safetensors file, atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for part, state in parts.items():
+        for key, tensor in state.items():
+            tensor = tensor.detach().to("cpu")
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            tensors[f"{part}.{key}"] = tensor.contiguous()
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_hash(file: str | os.PathLike) -> str:
+    """AUTOMATIC1111's short model hash: the first 10 hex digits of the file's sha256."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]

@@ -1,0 +1,97 @@
+"""Generation parameters in and out of PNG files, in AUTOMATIC1111's `parameters` format.
+
+A1111 writes one tEXt chunk named ``parameters``::
+
+    a palm tree
+    Negative prompt: blurry
+    Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 5.0, Seed: 1, Size: 64x64, Model hash: 0123456789, Model: emoji
+
+Other tools (A1111's "PNG Info", ComfyUI, image sites) read it back, so we write the same.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+# A1111 quotes a value that holds a comma, colon or quote, as JSON does.
+_NEEDS_QUOTES = re.compile(r'[,:"\n]')
+
+
+def _quote(value) -> str:
+    text = str(value)
+    if not _NEEDS_QUOTES.search(text):
+        return text
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_parameters(prompt: str, negative_prompt: str = "", **settings) -> str:
+    """Build the A1111 text: prompt line, optional negative line, then `Key: value` pairs.
+
+    Keyword names are the A1111 labels with spaces written as underscores
+    (``CFG_scale=5`` becomes ``CFG scale: 5``); ``None`` values are left out.
+    """
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = [f"{key.replace('_', ' ')}: {_quote(value)}" for key, value in settings.items() if value is not None]
+    lines.append(", ".join(pairs))
+    return "\n".join(lines)
+
+
+_PAIR = re.compile(r'\s*([\w ][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict:
+    """Read A1111 parameters text back into a dict: `prompt`, `negative_prompt` and each `Key`."""
+    import json
+
+    *head, last = text.strip("\n").split("\n")
+    if not _PAIR.match(last) or "Steps:" not in last:
+        head, last = head + [last], ""
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    result = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+    for key, value in _PAIR.findall(last):
+        value = value.strip()
+        if value.startswith('"'):
+            value = json.loads(value)
+        result[key.strip()] = value
+    return result
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+    """Write `image` as PNG with its `parameters` chunk, atomically (temp file, then rename).
+
+    `parameters` defaults to ``image.info["parameters"]``, which `Pipeline` sets on every image.
+    """
+    path = Path(path)
+    parameters = parameters if parameters is not None else image.info.get("parameters")
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_parameters(path: str | os.PathLike) -> str | None:
+    """The `parameters` text stored in a PNG, or None."""
+    with Image.open(path) as image:
+        return image.info.get("parameters")

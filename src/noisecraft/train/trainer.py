@@ -1,0 +1,290 @@
+"""The training loop: one `Trainer` for autoencoders and for pixel or latent UNets.
+
+Each step is a pure function of (weights, optimizer state, step number): the batch, the captions,
+the dropout, the noise levels and the noise all come from generators seeded by (seed, step, rank).
+So a run resumed from a checkpoint continues exactly as if it had never stopped.
+
+Under ``torchrun`` every process trains its slice of each global batch and PyTorch DDP averages
+the gradients (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .. import schedules
+from ..checkpoints import ModelConfig, load_model_file, save_model_file
+from ..denoiser import Denoiser
+from ..errors import UserError
+from ..models.text import load_text_encoder
+from ..models.unet import UNet, UNetConfig
+from ..models.vae import AutoencoderKL, VAEConfig, vae_loss
+from .cache import TextCache, cached_latents, cached_text
+from .config import TrainConfig
+from .data import batch_indices, load_image_folder
+from .state import CHECKPOINT, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainResult:
+    step: int
+    status: str  # "done" | "paused" | "diverged"
+    bad_steps: int
+    last_loss: float
+    model_path: Path
+
+
+def build_model_config(config: TrainConfig) -> ModelConfig:
+    """The `ModelConfig` a training config describes (for latent models, the VAE file supplies its part)."""
+    m = config.model
+    base = dict(name=m.name, kind=m.kind, image_size=m.image_size, text_encoder=m.text_encoder, prediction=m.prediction,
+                beta_schedule=m.beta_schedule, beta_start=m.beta_start, beta_end=m.beta_end, defaults=dict(m.defaults))
+    try:
+        if m.kind == "vae":
+            return ModelConfig(**base | {"text_encoder": None}, vae=VAEConfig(**{"in_channels": m.channels, "out_channels": m.channels} | m.vae))
+        if m.kind == "latent":
+            vae_config = load_model_file(config.resolve(m.vae_path))[0].vae
+            if vae_config is None:
+                raise UserError(f"{m.vae_path} holds no autoencoder; train one with a kind = \"vae\" config first")
+            channels = vae_config.embed_dim
+        else:
+            vae_config, channels = None, m.channels
+        text_dim = load_text_encoder_dims(m.text_encoder)
+        unet = UNetConfig(**{"in_channels": channels, "out_channels": channels, "context_dim": text_dim,
+                             "adm_in_channels": text_dim if (m.pooled and text_dim) else None} | m.unet)
+    except TypeError as error:
+        raise UserError(f"bad network settings in the training config: {error}") from None
+    return ModelConfig(**base, unet=unet, vae=vae_config)
+
+
+def load_text_encoder_dims(name: str | None) -> int | None:
+    from ..models.text import TEXT_ENCODERS
+
+    return TEXT_ENCODERS[name].dim if name else None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, device: str = "auto", resume: bool = True, progress: bool = True, log=print):
+        self.config, self.progress = config, progress
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.distributed = self.world > 1
+        self.device = self._setup_device(device)
+        self.log = log if self.rank == 0 else (lambda *a, **k: None)
+        t = config.train
+        if t.batch_size % self.world:
+            raise UserError(f"train.batch_size {t.batch_size} must divide evenly over {self.world} processes")
+        self.out = config.resolve(t.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "samples").mkdir(exist_ok=True)
+        self.model_config = build_model_config(config)
+        self.data = load_image_folder(config.resolve(config.data.path), config.model.image_size, config.model.channels, log=self.log)
+        self.log(f"data: {len(self.data)} images, {len(self.data.captions)} distinct captions"
+                 + (f", {len(self.data.skipped)} skipped" if self.data.skipped else ""))
+        self._build_networks()
+        self.step, self.bad_steps, self.bad_in_row, self.last_loss = 0, 0, 0, float("nan")
+        checkpoint = self.out / CHECKPOINT
+        if resume and checkpoint.exists():
+            meta = load_checkpoint(checkpoint, self.model, self.ema, self.optimizer)
+            if meta["model_config"] != self.model_config.to_dict():
+                raise UserError(f"{checkpoint} belongs to a different model; choose another train.out or pass --no-resume")
+            self.step, self.bad_steps = meta["step"], meta["bad_steps"]
+            self.log(f"resumed from {checkpoint} at step {self.step}")
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _setup_device(self, device: str) -> torch.device:
+        from ..pipeline import pick_device
+
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = pick_device(device)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def _build_networks(self) -> None:
+        c, t = self.model_config, self.config.train
+        torch.manual_seed(t.seed)  # identical initial weights on every rank and every run
+        if c.kind == "vae":
+            self.model = AutoencoderKL(c.vae).to(self.device)
+            self.vae, self.text_encoder, self.denoiser = None, None, None
+        else:
+            self.model = UNet(c.unet).to(self.device)
+            ac = schedules.alphas_cumprod(schedules.betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end))
+            self.vae = None
+            if c.kind == "latent":
+                _, parts, _ = load_model_file(self.config.resolve(self.config.model.vae_path))
+                self.vae = AutoencoderKL(c.vae)
+                self.vae.load_state_dict(parts["vae"])
+                self.vae.to(self.device).eval().requires_grad_(False)
+            self.text_encoder = load_text_encoder(c.text_encoder).to(self.device) if c.text_encoder else None
+            self.latents = cached_latents(self.vae, self.data, self.out / "cache", self.device, self.rank) if self.vae else None
+            self.text = cached_text(self.text_encoder, self.data.captions, self.out / "cache", self.rank) if self.text_encoder else None
+            if self.distributed:
+                dist.barrier()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.trained = self.model
+        if self.distributed:
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if c.kind != "vae":
+            self.denoiser = Denoiser(self.trained, ac, prediction=c.prediction)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=t.lr, betas=tuple(t.betas))
+        self.log(f"model: {c.kind}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, device {self.device}"
+                 + (f", {self.world} processes" if self.distributed else ""))
+
+    # -- one step -------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to lr * min_lr_ratio."""
+        t = self.config.train
+        if step < t.warmup_steps:
+            return t.lr * (step + 1) / t.warmup_steps
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.config.train.seed * 7_919 + step * 104_729 + self.rank)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, dict, torch.Generator]:
+        """This rank's share of global batch `step`: clean samples x0 and their conditioning."""
+        t = self.config.train
+        g = self._generator(step)
+        index = batch_indices(len(self.data), step, t.batch_size, t.seed)[self.rank :: self.world]
+        if self.model_config.kind == "latent":
+            mean, std = self.latents[0][index], self.latents[1][index]
+            z = mean + std * torch.randn(mean.shape, generator=g)
+            x0 = (z - self.model_config.vae.shift_factor) * self.model_config.vae.scaling_factor
+        else:
+            x0 = self.data.images[index].float() / 127.5 - 1
+        cond = {}
+        if self.text is not None:
+            choice = [ids[int(torch.randint(len(ids), (1,), generator=g))] for ids in (self.data.caption_ids[i] for i in index.tolist())]
+            drop = torch.rand(len(choice), generator=g) < self.config.data.caption_dropout
+            choice = [TextCache.EMPTY if d else c for c, d in zip(choice, drop.tolist())]
+            cond = self.text.conditioning(choice, pooled=bool(self.model_config.unet.adm_in_channels))
+        return x0.to(self.device), {k: v.to(self.device) for k, v in cond.items()}, g
+
+    def loss(self, step: int) -> torch.Tensor:
+        x0, cond, g = self.batch(step)
+        if self.model_config.kind == "vae":
+            loss, _ = vae_loss(self.trained, x0, kl_weight=self.config.train.kl_weight, generator=g)
+            return loss
+        sigma = self.denoiser.sample_training_sigmas(x0.shape[0], g).to(self.device)
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        return self.denoiser.loss(x0, sigma, cond, noise).mean()
+
+    def train_step(self) -> bool:
+        """One optimizer step; returns False (and changes nothing) when the loss is not finite."""
+        t = self.config.train
+        torch.manual_seed(t.seed * 31 + self.step * 1_000_003 + self.rank)  # dropout and friends
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        autocast = self.device.type == "cuda" and t.precision in ("auto", "bf16") or t.precision == "bf16"
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
+            loss = self.loss(self.step)
+        value = loss.detach().float().reshape(1)
+        if self.distributed:
+            dist.all_reduce(value)
+            value /= self.world
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(value).all():
+            return False
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        decay = min(t.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1 - decay)
+        self.last_loss = float(value)
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self, until: int | None = None) -> TrainResult:
+        """Train to `train.steps` (or to `until`, to pause early), checkpointing on the way."""
+        t = self.config.train
+        end = min(t.steps, until) if until is not None else t.steps
+        bar = _progress(self.step, t.steps, enabled=self.progress and self.rank == 0)
+        started, seen, status = time.perf_counter(), 0, "done"
+        while self.step < end:
+            if self.train_step():
+                self.bad_in_row = 0
+            else:
+                self.bad_steps += 1
+                self.bad_in_row += 1
+                self.log(f"step {self.step}: loss is not finite; skipped ({self.bad_in_row} in a row)")
+                if self.bad_in_row >= t.max_bad_steps:
+                    status = "diverged"
+                    break
+            self.step += 1
+            seen += t.batch_size
+            rate = seen / max(time.perf_counter() - started, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{rate:.1f}")
+            if self.step % t.log_every == 0 or self.step == end:
+                self._log_line({"step": self.step, "loss": self.last_loss, "lr": self.lr_at(self.step - 1), "images_per_s": rate, "bad_steps": self.bad_steps})
+            if self.step % t.checkpoint_every == 0 or self.step == end:
+                self.save()
+            if t.sample_every and (self.step % t.sample_every == 0 or self.step == t.steps):
+                self.sample_grid()
+        bar.close()
+        if status == "done" and self.step < t.steps:
+            status = "paused"
+        if status == "diverged":
+            self.log(f"stopped: {t.max_bad_steps} non-finite losses in a row; the last good checkpoint is {self.out / CHECKPOINT}")
+        if self.distributed:
+            dist.barrier()
+        return TrainResult(self.step, status, self.bad_steps, self.last_loss, self.out / "model.safetensors")
+
+    def save(self) -> None:
+        """Write the resumable checkpoint and the loadable model file (EMA weights), rank 0 only."""
+        if self.rank != 0:
+            return
+        meta = {"step": self.step, "bad_steps": self.bad_steps, "model_config": self.model_config.to_dict(),
+                "train_config": self.config.to_dict()}
+        save_checkpoint(self.out / CHECKPOINT, self.model, self.ema, self.optimizer, json.loads(json.dumps(meta, default=str)))
+        self.export(self.out / "model.safetensors")
+
+    def export(self, path: Path, dtype: torch.dtype | None = None) -> Path:
+        """The EMA weights as a noisecraft model file that `Pipeline.from_pretrained` loads."""
+        parts = {"vae": self.ema.state_dict()} if self.model_config.kind == "vae" else {"unet": self.ema.state_dict()}
+        if self.vae is not None:
+            parts["vae"] = self.vae.state_dict()
+        return save_model_file(path, self.model_config, parts, dtype=dtype)
+
+    def sample_grid(self) -> Path | None:
+        """A PNG grid: prompts x 4 seeds for diffusion models, originals over reconstructions for a VAE."""
+        if self.rank != 0:
+            return None
+        from .samples import sample_grid
+
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        sample_grid(self, path)
+        return path
+
+    def _log_line(self, row: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def _progress(initial: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

@@ -28,7 +28,7 @@ from .models.text import TextEmbedding, load_text_encoder
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
 from .pngmeta import format_parameters
-from .samplers import resolve_sampler
+from .samplers import resolve_sampler, to_vp
 
 MAX_SIDE = 4096
 MAX_STEPS = 1000
@@ -205,8 +205,8 @@ class Pipeline:
         f = self.config.downsample_factor
         shape = (self.config.unet.in_channels, s.height // f, s.width // f)
         noise = BatchNoise(seeds, self.device, self.dtype)
-        sigmas = spec.sigmas(self.denoiser.sigmas, s.steps).to(self.device)
-        x = noise.initial(shape) * spec.initial_noise_scale(sigmas)
+        sigmas = spec.sigmas(self.denoiser.sigmas.cpu(), s.steps)  # float64 on the CPU: samplers read floats
+        x = noise.initial(shape) * spec.init_scale(sigmas)
 
         def on_step(i, sigma, x, x0):
             if callback is not None:
@@ -214,7 +214,7 @@ class Pipeline:
 
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             x = spec.fn(denoise, x, sigmas, noise_sampler=noise, callback=on_step, **spec.options)
-        pixels = self.decode(x)
+        pixels = self.decode(to_vp(x, sigmas[-1]))  # DDIM may stop above sigma 0
         return [self._to_image(p, s, seed) for p, seed in zip(pixels, seeds)]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,7 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     if unknown:
         raise UserError(f"unknown section [{unknown[0]}] in {path}; known: {', '.join(sections)}")
     config = TrainConfig(**{name: _section(cls, raw.get(name, {}), name) for name, cls in sections.items()}, base_dir=path.parent)
+    config.model.text_encoder = config.model.text_encoder or None
     if config.model.kind not in ("latent", "pixel", "vae"):
         raise UserError(f"model.kind must be latent, pixel or vae, not {config.model.kind!r}")
     if config.model.kind == "latent" and not config.model.vae_path:

@@ -117,7 +117,7 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every run
         if c.kind == "vae":
             self.model = AutoencoderKL(c.vae).to(self.device)
-            self.vae, self.text_encoder, self.denoiser = None, None, None
+            self.vae, self.text_encoder, self.denoiser, self.text, self.latents = None, None, None, None, None
         else:
             self.model = UNet(c.unet).to(self.device)
             ac = schedules.alphas_cumprod(schedules.betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end))
@@ -155,35 +155,40 @@ class Trainer:
         progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
         return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.config.train.seed * 7_919 + step * 104_729 + self.rank)
+    def batch(self, step: int) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor, torch.Generator]:
+        """This rank's share of global batch `step`: clean samples x0, conditioning, noise levels and noise.
 
-    def batch(self, step: int) -> tuple[torch.Tensor, dict, torch.Generator]:
-        """This rank's share of global batch `step`: clean samples x0 and their conditioning."""
-        t = self.config.train
-        g = self._generator(step)
-        index = batch_indices(len(self.data), step, t.batch_size, t.seed)[self.rank :: self.world]
-        if self.model_config.kind == "latent":
+        The randomness of the whole global batch is drawn from one generator seeded by (seed, step) and
+        then sliced by rank, so N processes see exactly the samples one process would.
+        """
+        t, c = self.config.train, self.model_config
+        g = torch.Generator().manual_seed(t.seed * 7_919 + step * 104_729)
+        index = batch_indices(len(self.data), step, t.batch_size, t.seed)
+        mine = slice(self.rank, None, self.world)
+        if c.kind == "latent":
             mean, std = self.latents[0][index], self.latents[1][index]
             z = mean + std * torch.randn(mean.shape, generator=g)
-            x0 = (z - self.model_config.vae.shift_factor) * self.model_config.vae.scaling_factor
+            x0 = (z - c.vae.shift_factor) * c.vae.scaling_factor
         else:
             x0 = self.data.images[index].float() / 127.5 - 1
         cond = {}
         if self.text is not None:
-            choice = [ids[int(torch.randint(len(ids), (1,), generator=g))] for ids in (self.data.caption_ids[i] for i in index.tolist())]
+            captions = [self.data.caption_ids[i] for i in index.tolist()]
+            choice = [ids[int(torch.randint(len(ids), (1,), generator=g))] for ids in captions]
             drop = torch.rand(len(choice), generator=g) < self.config.data.caption_dropout
-            choice = [TextCache.EMPTY if d else c for c, d in zip(choice, drop.tolist())]
-            cond = self.text.conditioning(choice, pooled=bool(self.model_config.unet.adm_in_channels))
-        return x0.to(self.device), {k: v.to(self.device) for k, v in cond.items()}, g
+            choice = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())][mine]
+            cond = self.text.conditioning(choice, pooled=bool(c.unet.adm_in_channels))
+        sigma = noise = None
+        if c.kind != "vae":
+            sigma = self.denoiser.sample_training_sigmas(x0.shape[0], g)[mine].to(self.device, torch.float32)
+            noise = torch.randn(x0.shape, generator=g)[mine].to(self.device)
+        return x0[mine].to(self.device), {k: v.to(self.device) for k, v in cond.items()}, sigma, noise, g
 
     def loss(self, step: int) -> torch.Tensor:
-        x0, cond, g = self.batch(step)
+        x0, cond, sigma, noise, g = self.batch(step)
         if self.model_config.kind == "vae":
             loss, _ = vae_loss(self.trained, x0, kl_weight=self.config.train.kl_weight, generator=g)
             return loss
-        sigma = self.denoiser.sample_training_sigmas(x0.shape[0], g).to(self.device)
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
         return self.denoiser.loss(x0, sigma, cond, noise).mean()
 
     def train_step(self) -> bool:
@@ -229,10 +234,10 @@ class Trainer:
                 self.bad_steps += 1
                 self.bad_in_row += 1
                 self.log(f"step {self.step}: loss is not finite; skipped ({self.bad_in_row} in a row)")
-                if self.bad_in_row >= t.max_bad_steps:
-                    status = "diverged"
-                    break
             self.step += 1
+            if self.bad_in_row >= t.max_bad_steps:
+                status = "diverged"
+                break
             seen += t.batch_size
             rate = seen / max(time.perf_counter() - started, 1e-9)
             bar.update(1)

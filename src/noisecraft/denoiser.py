@@ -1,0 +1,174 @@
+"""Wrap a discrete-time VP network as `denoise(x, sigma, cond) -> x0_hat`, plus guidance.
+
+The network is any `net(x_t, t, **cond)` trained DDPM-style (Ho et al. 2020) on
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, predicting eps, v (Salimans & Ho 2022) or x0.
+Samplers work in the VE convention x = x0 + sigma * noise with sigma = sqrt((1-abar)/abar)
+(k-diffusion's `DiscreteEpsDDPMDenoiser` / `DiscreteVDDPMDenoiser`), so the wrapper scales
+the input by c_in = 1/sqrt(sigma^2 + 1) (that product *is* the VP x_t) and converts the
+output to x0. Samplers never look inside a model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import schedules
+from .errors import UserError
+
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample scalars [B] as [B, 1, 1, ...] in x's dtype and device."""
+    return s.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Denoiser(nn.Module):
+    """x0_hat = D(x, sigma) for a discrete VP network `net(x_t, t, **cond)`.
+
+    eps:  x0 = x - sigma * eps
+    v:    x0 = c_in^2 x - sigma c_in v      (v = alpha eps - sigma_vp x0, Salimans & Ho 2022)
+    x0:   x0 = net output
+    with c_in = 1/sqrt(sigma^2 + 1) = alpha, sigma_vp = sigma * alpha.
+
+    The network gets t = `sigma_to_t(sigma)` (fractional where sigma is off the training grid),
+    or the nearest integer timestep with `quantize=True` (what diffusers' DPMSolverMultistep and
+    UniPC schedulers feed the network under Karras sigmas; k-diffusion's `quantize`).
+    Maths runs in x's dtype; the schedule stays a float64 buffer on the module's device, even
+    after `.half()` or `.to(dtype)`.
+    """
+
+    def __init__(self, net: nn.Module, alphas_cumprod: torch.Tensor, prediction: str = "eps",
+                 *, quantize: bool = False):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise UserError(f"unknown prediction type {prediction!r}; choose one of: {', '.join(PREDICTIONS)}.")
+        self.net = net
+        self.prediction = prediction
+        self.quantize = quantize
+        self._sigmas64 = schedules.sigmas_from_alphas_cumprod(alphas_cumprod).detach().cpu()
+        self.register_buffer("sigmas", self._sigmas64.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype)/.half() cast every floating buffer; put the float64 schedule back.
+        super()._apply(fn, recurse)
+        self.sigmas = self._sigmas64.to(self.sigmas.device)
+        return self
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self._sigmas64)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigmas64[0].item()
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigmas64[-1].item()
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        """Training timestep (float64, fractional unless `quantize`) for sigma."""
+        t = schedules.sigma_to_t(torch.as_tensor(sigma, dtype=torch.float64, device=self.sigmas.device),
+                                self.sigmas)
+        return t.round() if self.quantize else t
+
+    def t_to_sigma(self, t) -> torch.Tensor:
+        return schedules.t_to_sigma(torch.as_tensor(t, dtype=torch.float64, device=self.sigmas.device), self.sigmas)
+
+    def _net_call(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        s = _bcast(sigma, x)
+        c_in = (s**2 + 1) ** -0.5
+        t_dtype = torch.promote_types(x.dtype, torch.float32)
+        t = self.sigma_to_t(sigma.to(self.sigmas.device, torch.float64)).to(x.device, t_dtype)
+        out = self.net(x * c_in, t, **(cond or {}))
+        return out.to(x.dtype), s, c_in
+
+    def from_prediction(self, x, s, c_in, out):
+        """x0 from the network's native output (s, c_in broadcast like x)."""
+        if self.prediction == "eps":
+            return x - s * out
+        if self.prediction == "v":
+            return c_in**2 * x - s * c_in * out
+        return out
+
+    def to_prediction(self, x, s, c_in, x0):
+        """The network's native output that yields x0 (inverse of `from_prediction`)."""
+        if self.prediction == "eps":
+            return (x - x0) / s
+        if self.prediction == "v":
+            return (c_in**2 * x - x0) / (s * c_in)
+        return x0
+
+    def forward(self, x: torch.Tensor, sigma, cond: dict | None = None) -> torch.Tensor:
+        """x0_hat for x = x0 + sigma * noise; sigma a scalar or [B] tensor; cond -> net(**cond)."""
+        out, s, c_in = self._net_call(x, sigma, cond)
+        return self.from_prediction(x, s, c_in, out)
+
+    def loss(self, x0: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample MSE [B] in the network's native target (Ho et al. 2020 L_simple for eps).
+
+        x = x0 + sigma * noise; targets: eps -> noise, x0 -> x0,
+        v -> alpha noise - sigma_vp x0 = c_in (noise - sigma x0).
+        """
+        noise = torch.randn_like(x0) if noise is None else noise
+        sigma = torch.as_tensor(sigma, device=x0.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x0.shape[0])
+        x = x0 + _bcast(sigma, x0) * noise
+        out, s, c_in = self._net_call(x, sigma, cond)
+        if self.prediction == "eps":
+            target = noise
+        elif self.prediction == "v":
+            target = c_in * (noise - s * x0)
+        else:
+            target = x0
+        return (out - target).pow(2).flatten(1).mean(1)
+
+    def sample_training_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sigmas [batch] (float64) of timesteps t ~ U{0, ..., T-1}, as DDPM training draws them."""
+        device = generator.device if generator is not None else self.sigmas.device
+        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=device)
+        return self.sigmas[t.to(self.sigmas.device)]
+
+
+class CFGDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022) over a `Denoiser`, as `denoise(x, sigma)`.
+
+    x0 = u + scale * (c - u), with cond and uncond in one batched forward ([uncond, cond], each
+    cond entry concatenated along the batch). `rescale` is guidance_rescale (Lin et al. 2023,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed", Sec. 3.4, eq. 15-16):
+    out = rescale * cfg * std(pos)/std(cfg) + (1 - rescale) * cfg, per sample, computed in the
+    network's native prediction space (eps or v), where diffusers applies it.
+    With `uncond=None` or `scale == 1` it is the plain conditional denoiser (one pass).
+    """
+
+    def __init__(self, denoiser: Denoiser, cond: dict | None, uncond: dict | None = None,
+                 scale: float = 1.0, rescale: float = 0.0):
+        self.denoiser, self.cond, self.uncond = denoiser, cond or {}, uncond
+        self.scale, self.rescale = float(scale), float(rescale)
+        if uncond is not None and set(uncond) != set(self.cond):
+            raise ValueError(f"cond and uncond need the same keys, got {sorted(self.cond)} and {sorted(uncond)}")
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        if self.uncond is None or self.scale == 1.0:
+            return self.denoiser(x, sigma, self.cond)
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        both = {k: torch.cat([self.uncond[k], v]) if torch.is_tensor(v) else v for k, v in self.cond.items()}
+        x_in = torch.cat([x, x])
+        out, s, c_in = self.denoiser._net_call(x_in, torch.cat([sigma, sigma]), both)
+        u, c = out.chunk(2)
+        s, c_in = s[: len(x)], c_in[: len(x)]
+        guided = u + self.scale * (c - u)  # in native space; affine, so the same as in x0 space
+        if self.rescale > 0:
+            dims = list(range(1, x.ndim))
+            ratio = c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+            guided = self.rescale * guided * ratio + (1 - self.rescale) * guided
+        return self.denoiser.from_prediction(x, s, c_in, guided)

@@ -1,0 +1,392 @@
+"""The latent-diffusion UNet of Stable Diffusion 1.x/2.x and SDXL, with the original parameter names.
+
+Architecture: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
+Models" (the ADM UNet of Dhariwal & Nichol 2021 with SpatialTransformer cross-attention
+blocks); SDXL's changes follow Podell et al. 2023, "SDXL: Improving Latent Diffusion Models
+for High-Resolution Image Synthesis" (per-level transformer depth, linear projections, the
+pooled-vector ``label_emb``). Attribute names are those of the CompVis ``openaimodel.py`` /
+Stability ``sgm`` code, so a Stable Diffusion checkpoint's ``model.diffusion_model.*`` tensors
+load with ``load_state_dict(strict=True)`` once that prefix is stripped.
+
+Layout, for ``channel_mult`` with n levels and ``num_res_blocks`` = r::
+
+    time_embed.{0,2}                 Linear, SiLU, Linear: sinusoidal(t) -> 4 * model_channels
+    label_emb.0.{0,2}                (adm_in_channels only) pooled vector y, added to the above
+    input_blocks.0.0                 3x3 conv in
+    input_blocks.N.0                 ResBlock (in_layers, emb_layers, out_layers, skip_connection)
+    input_blocks.N.1                 SpatialTransformer where the downsample factor is in
+                                     attention_resolutions
+    input_blocks.N.0.op              stride-2 conv between levels
+    middle_block.{0,1,2}             ResBlock, SpatialTransformer, ResBlock
+    output_blocks.N.{0,1,2}          ResBlock on [h, skip], SpatialTransformer?, Upsample (.conv)?
+    out.{0,2}                        GroupNorm, SiLU, 3x3 conv out
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import UserError
+from .attention import GroupNorm32, attention
+
+UNET_NORM_EPS = 1e-5  # the ResBlocks' and the output's GroupNorm32
+TRANSFORMER_NORM_EPS = 1e-6  # SpatialTransformer's input GroupNorm ("Normalize" in the original)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Every size of the LDM UNet. Field names and meanings follow the original configs.
+
+    ``attention_resolutions`` lists downsample factors (1, 2, 4, ...) whose levels get a
+    SpatialTransformer after each ResBlock. ``transformer_depth`` is one depth for every level or
+    one per level (sgm semantics); the middle block uses ``transformer_depth_middle``, or the last
+    level's depth when that is None. Heads: ``num_head_channels`` (channels per head) wins when it
+    is not -1, otherwise ``num_heads`` heads of ``channels // num_heads``. ``context_dim`` None means
+    no cross-attention: the second attention of each transformer block attends to the image itself,
+    as in the original. ``adm_in_channels`` adds ``label_emb(y)`` to the time embedding (SDXL).
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
+    transformer_depth: int | tuple[int, ...] = 1
+    transformer_depth_middle: int | None = None
+    num_heads: int = 8
+    num_head_channels: int = -1
+    context_dim: int | None = 768
+    use_linear_in_transformer: bool = False
+    adm_in_channels: int | None = None
+    dropout: float = 0.0
+    use_checkpoint: bool = False
+
+    def __post_init__(self):
+        for name in ("channel_mult", "attention_resolutions", "transformer_depth"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.transformer_depth, tuple) and len(self.transformer_depth) != len(self.channel_mult):
+            raise UserError(f"transformer_depth has {len(self.transformer_depth)} entries but channel_mult has "
+                            f"{len(self.channel_mult)} levels; give one depth per level or a single number")
+        if self.num_heads == -1 and self.num_head_channels == -1:
+            raise UserError("set num_heads or num_head_channels (both are -1)")
+        for mult in self.channel_mult:
+            ch = self.model_channels * mult
+            if ch % 32:
+                raise UserError(f"model_channels * channel_mult must be multiples of 32 (GroupNorm(32)), not {ch}")
+            if self.num_head_channels != -1 and ch % self.num_head_channels:
+                raise UserError(f"{ch} channels do not split into heads of num_head_channels={self.num_head_channels}")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Transformer depth per level."""
+        d = self.transformer_depth
+        return (d,) * len(self.channel_mult) if isinstance(d, int) else tuple(d)
+
+    @property
+    def depth_middle(self) -> int:
+        return self.depths[-1] if self.transformer_depth_middle is None else self.transformer_depth_middle
+
+    def heads(self, channels: int) -> tuple[int, int]:
+        """(number of heads, channels per head) of a transformer over ``channels``."""
+        if self.num_head_channels != -1:
+            return channels // self.num_head_channels, self.num_head_channels
+        return self.num_heads, channels // self.num_heads
+
+    def to_dict(self) -> dict:
+        """Plain JSON types: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UNetConfig":
+        return cls(**data)
+
+    @classmethod
+    def sd15(cls) -> "UNetConfig":
+        """Stable Diffusion 1.x (v1-inference.yaml): 859,520,964 parameters."""
+        return cls()
+
+    @classmethod
+    def sd2(cls) -> "UNetConfig":
+        """Stable Diffusion 2.x (v2-inference.yaml, 512 and 768-v): OpenCLIP-H context, 64-channel heads."""
+        return cls(num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True)
+
+    @classmethod
+    def sdxl(cls) -> "UNetConfig":
+        """SDXL 1.0 base (sd_xl_base.yaml): 3 levels, depths (0, 2, 10), pooled 2816-d ``y``."""
+        return cls(model_channels=320, channel_mult=(1, 2, 4), attention_resolutions=(4, 2),
+                   transformer_depth=(0, 2, 10), transformer_depth_middle=10, num_heads=-1,
+                   num_head_channels=64, context_dim=2048, use_linear_in_transformer=True,
+                   adm_in_channels=2816)
+
+    @classmethod
+    def tiny(cls) -> "UNetConfig":
+        """About 1.7M parameters with every structural feature (attention at two of three levels), for tests."""
+        return cls(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
+                   transformer_depth=1, num_heads=-1, num_head_channels=16, context_dim=24)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps t [B] -> [B, dim], cos half first.
+
+    Vaswani et al. 2017's positional encoding as the original ``timestep_embedding`` computes it:
+    frequencies ``max_period ** (-i / half)`` for i < half, then ``[cos(t f), sin(t f)]``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero-initialise a layer (the original's ``zero_module``): residual branches start as identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """ADM residual block: GroupNorm-SiLU-conv, plus a projection of the time embedding, GroupNorm-SiLU-dropout-conv."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float, dd: dict):
+        super().__init__()
+        self.in_layers = nn.Sequential(GroupNorm32(channels, UNET_NORM_EPS, **dd), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1, **dd))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels, **dd))
+        self.out_layers = nn.Sequential(GroupNorm32(out_channels, UNET_NORM_EPS, **dd), nn.SiLU(), nn.Dropout(dropout),
+                                        _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1, **dd)))
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1, **dd)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv (padding 1), named ``op`` as in the original."""
+
+    def __init__(self, channels: int, dd: dict):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling, then a 3x3 conv."""
+
+    def __init__(self, channels: int, dd: dict):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of x [B, L, C] to ``context`` [B, Lc, Dc] (to x itself when context is None)."""
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int, dim_head: int, dropout: float, dd: dict):
+        super().__init__()
+        inner, context_dim = heads * dim_head, context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False, **dd)
+        self.to_k = nn.Linear(context_dim, inner, bias=False, **dd)
+        self.to_v = nn.Linear(context_dim, inner, bias=False, **dd)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim, **dd), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, mask)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    """Gated GELU feed-forward input (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def __init__(self, dim_in: int, dim_out: int, dd: dict):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * nn.functional.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, dropout: float, dd: dict, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult, dd), nn.Dropout(dropout), nn.Linear(dim * mult, dim, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-LayerNorm block: self-attention, cross-attention to the context, GEGLU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None, dropout: float, dd: dict):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout, dd)
+        self.ff = FeedForward(dim, dropout, dd)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head, dropout, dd)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(dim, **dd) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context, mask if context is not None else None)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Image features [B, C, H, W] as H*W tokens through ``depth`` transformer blocks, plus a residual.
+
+    ``proj_in``/``proj_out`` are 1x1 convs (SD 1.x) or linear layers on tokens (SD 2.x, SDXL).
+    """
+
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None,
+                 use_linear: bool, dropout: float, dd: dict):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = GroupNorm32(channels, TRANSFORMER_NORM_EPS, **dd)
+        if use_linear:
+            self.proj_in = nn.Linear(channels, inner, **dd)
+            self.proj_out = _zero(nn.Linear(inner, channels, **dd))
+        else:
+            self.proj_in = nn.Conv2d(channels, inner, 1, **dd)
+            self.proj_out = _zero(nn.Conv2d(inner, channels, 1, **dd))
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout, dd) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        tokens = self.norm(x)
+        if not self.use_linear:
+            tokens = self.proj_in(tokens)
+        tokens = tokens.permute(0, 2, 3, 1).reshape(b, h * w, -1)
+        if self.use_linear:
+            tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context, mask)
+        if self.use_linear:
+            tokens = self.proj_out(tokens)
+        tokens = tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        if not self.use_linear:
+            tokens = self.proj_out(tokens)
+        return x + tokens
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A numbered run of layers; each gets what it needs (ResBlocks the embedding, transformers the context)."""
+
+    def forward(self, x, emb, context=None, mask=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """The LDM UNet: ``forward(x, t, context, y, context_mask)`` -> the network output (same shape as x).
+
+    ``t`` [B] float timesteps (fractional allowed) or a scalar; ``context`` [B, L, context_dim]
+    tokens; ``context_mask`` [B, L] bool, True = attend (SD never passes one); ``y``
+    [B, adm_in_channels] pooled vector, required exactly when the config has ``adm_in_channels``.
+    Inputs are cast to the parameters' dtype and the output back to x's dtype.
+    """
+
+    def __init__(self, config: UNetConfig, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+        super().__init__()
+        c, dd = config, dict(dtype=dtype, device=device)
+        self.config = c
+        mc, emb_ch = c.model_channels, c.model_channels * 4
+
+        def transformer(ch: int, depth: int) -> SpatialTransformer:
+            heads, dim_head = c.heads(ch)
+            return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer, c.dropout, dd)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd))
+        if c.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(c.adm_in_channels, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd)))
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1, **dd))])
+        skip_channels, ch, ds = [mc], mc, 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers = [ResBlock(ch, emb_ch, mult * mc, c.dropout, dd)]
+                ch = mult * mc
+                if ds in c.attention_resolutions:
+                    layers.append(transformer(ch, c.depths[level]))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(c.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, dd)))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, emb_ch, ch, c.dropout, dd), transformer(ch, c.depth_middle), ResBlock(ch, emb_ch, ch, c.dropout, dd))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(c.channel_mult))):
+            for i in range(c.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_ch, mult * mc, c.dropout, dd)]
+                ch = mult * mc
+                if ds in c.attention_resolutions:
+                    layers.append(transformer(ch, c.depths[level]))
+                if level and i == c.num_res_blocks:
+                    layers.append(Upsample(ch, dd))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(GroupNorm32(ch, UNET_NORM_EPS, **dd), nn.SiLU(),
+                                 _zero(nn.Conv2d(mc, c.out_channels, 3, padding=1, **dd)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                y: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.config
+        if c.adm_in_channels and y is None:
+            raise ValueError(f"this UNet needs the pooled vector y [B, {c.adm_in_channels}]")
+        if y is not None and not c.adm_in_channels:
+            raise ValueError("this UNet takes no pooled vector y (its config has no adm_in_channels)")
+        dtype = self.time_embed[0].weight.dtype
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(t, c.model_channels).to(dtype))
+        if y is not None:
+            emb = emb + self.label_emb(y.to(dtype))
+        if context is not None:
+            context = context.to(dtype)
+
+        def run(block: TimestepEmbedSequential, h: torch.Tensor) -> torch.Tensor:
+            if c.use_checkpoint and self.training and torch.is_grad_enabled():
+                return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
+            return block(h, emb, context, context_mask)
+
+        h, skips = x.to(dtype), []
+        for block in self.input_blocks:
+            h = run(block, h)
+            skips.append(h)
+        h = run(self.middle_block, h)
+        for block in self.output_blocks:
+            h = run(block, torch.cat([h, skips.pop()], dim=1))
+        return self.out(h).to(x.dtype)

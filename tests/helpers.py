@@ -1,0 +1,69 @@
+"""Tiny models and datasets shared by the tests: everything small enough for a 2-core CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from noisecraft.train.config import DataSection, ModelSection, SampleSection, TrainConfig, TrainSection
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (240, 220, 40)}
+
+TINY_UNET = {
+    "model_channels": 32,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [2],
+    "transformer_depth": 1,
+    "num_head_channels": 16,
+}
+
+TINY_VAE = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4}
+
+
+def color_dataset(root: Path, size: int = 16, per_color: int = 2) -> Path:
+    """Solid-colour squares with a half-size white square in the middle, captioned by colour."""
+    rows = []
+    for name, rgb in COLORS.items():
+        for k in range(per_color):
+            image = Image.new("RGB", (size, size), rgb)
+            image.paste((255, 255, 255), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+            file = f"images/{name}-{k}.png"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            image.save(root / file)
+            rows.append({"file_name": file, "text": f"a {name} square", "texts": [f"a {name} square", name]})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def tiny_config(tmp: Path, *, kind: str = "pixel", text: bool = True, steps: int = 6, **train) -> TrainConfig:
+    model = ModelSection(kind=kind, name="tiny", image_size=16, text_encoder="minilm" if text else None,
+                         pooled=text, unet=dict(TINY_UNET), vae=dict(TINY_VAE))
+    defaults = dict(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, log_every=2, sample_every=0,
+                    checkpoint_every=3, out=str(tmp / "run"))
+    return TrainConfig(model=model, data=DataSection(path=str(tmp / "data")),
+                       train=TrainSection(**(defaults | train)),
+                       sample=SampleSection(prompts=["a red square"], steps=4), base_dir=tmp)
+
+
+def tiny_model_file(path: Path, *, kind: str = "pixel", text: bool = True, seed: int = 0) -> Path:
+    """A random-weight model file of the given kind, as `noisecraft train` would write it."""
+    import torch
+
+    from noisecraft.checkpoints import ModelConfig, save_model_file
+    from noisecraft.models.unet import UNet, UNetConfig
+    from noisecraft.models.vae import AutoencoderKL, VAEConfig
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(VAEConfig(**TINY_VAE)) if kind == "latent" else None
+    channels = vae.config.embed_dim if vae else 3
+    unet_config = UNetConfig(**TINY_UNET | {"in_channels": channels, "out_channels": channels,
+                                            "context_dim": 384 if text else None, "adm_in_channels": 384 if text else None})
+    unet = UNet(unet_config)
+    config = ModelConfig(kind=kind, unet=unet_config, vae=vae.config if vae else None,
+                         text_encoder="minilm" if text else None, image_size=16, name="tiny",
+                         defaults={"steps": 4, "guidance_scale": 3.0, "sampler": "euler"})
+    parts = {"unet": unet.state_dict()} | ({"vae": vae.state_dict()} if vae else {})
+    return save_model_file(path, config, parts)

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     emoji.add_argument("--from-tarball", action="append", default=None, metavar="PATH", help="use a package tarball made by `npm pack` (repeatable)")
     emoji.add_argument("--styles", default="google,twitter", help="comma-separated styles")
     emoji.add_argument("--size", type=int, default=64, help="image size in pixels")
+    emoji.add_argument("--no-skin-tones", action="store_true", help="leave out the skin-tone variants of people and hands")
     return parser
 
 
@@ -177,7 +178,8 @@ def cmd_data(args) -> int:
     from .datasets.emoji import build_emoji_dataset
 
     styles = tuple(s.strip() for s in args.styles.split(",") if s.strip())
-    stats = build_emoji_dataset(args.out, styles=styles, size=args.size, tarballs=args.from_tarball)
+    stats = build_emoji_dataset(args.out, styles=styles, size=args.size, tarballs=args.from_tarball,
+                                skin_tones=not args.no_skin_tones)
     print(stats)
     return 0
 

@@ -11,6 +11,7 @@ the gradients (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -268,10 +269,22 @@ class Trainer:
 
     def export(self, path: Path, dtype: torch.dtype | None = None) -> Path:
         """The EMA weights as a noisecraft model file that `Pipeline.from_pretrained` loads."""
-        parts = {"vae": self.ema.state_dict()} if self.model_config.kind == "vae" else {"unet": self.ema.state_dict()}
+        config = self.model_config
+        if config.kind == "vae":
+            parts = {"vae": self.ema.state_dict()}
+            config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, scaling_factor=self.latent_scale()))
+        else:
+            parts = {"unet": self.ema.state_dict()}
         if self.vae is not None:
             parts["vae"] = self.vae.state_dict()
-        return save_model_file(path, self.model_config, parts, dtype=dtype)
+        return save_model_file(path, config, parts, dtype=dtype)
+
+    @torch.no_grad()
+    def latent_scale(self, count: int = 256) -> float:
+        """1 / std of the EMA autoencoder's latents on the data, so diffusion sees unit variance (Rombach et al. 2022, Sec. G)."""
+        x = self.data.images[:: max(1, len(self.data) // count)][:count].float().div(127.5).sub(1).to(self.device)
+        z = torch.cat([self.ema.encode(chunk).mode() for chunk in x.split(64)])
+        return float(1 / z.float().std().clamp(min=1e-6))
 
     def sample_grid(self) -> Path | None:
         """A PNG grid: prompts x 4 seeds for diffusion models, originals over reconstructions for a VAE."""

@@ -160,8 +160,6 @@ def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def save_model_file(path: str | os.PathLike, config: ModelConfig, parts: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None = None) -> Path:
     """Write config + state dicts as one safetensors file, atomically (temp file, then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -171,7 +169,17 @@ def save_model_file(path: str | os.PathLike, config: ModelConfig, parts: dict[st
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             tensors[f"{part}.{key}"] = tensor.contiguous()
-    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+    return write_safetensors(path, tensors, {"format": FORMAT, "config": json.dumps(config.to_dict())})
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file atomically: a temporary file beside it, then a rename.
+
+    A kill or a full disk at any moment leaves either the old file or the new one, never half of one.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..checkpoints import write_safetensors
 
 
 def _fingerprint(*parts) -> str:
@@ -42,9 +43,7 @@ def _load_or_compute(path: Path, fingerprint: str, compute, rank: int) -> dict[s
     if tensors is None and rank == 0:
         tensors = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint})
-        os.replace(tmp, path)
+        write_safetensors(path, tensors, {"fingerprint": fingerprint})
     if dist.is_initialized():
         dist.barrier()
         if tensors is None:

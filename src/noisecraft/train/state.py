@@ -9,13 +9,11 @@ to a temporary name and renamed, so a kill at any moment leaves the previous che
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_safetensors_header, sniff
+from ..checkpoints import read_safetensors_header, sniff, write_safetensors
 from ..errors import ModelFileError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -23,8 +21,6 @@ CHECKPOINT = "checkpoint.safetensors"
 
 def save_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     meta: dict) -> None:
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     state = optimizer.state_dict()
@@ -34,15 +30,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module, op
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    metadata = {"meta": json.dumps(meta), "optim_groups": json.dumps(state["param_groups"])}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_safetensors(path, tensors, {"meta": json.dumps(meta), "optim_groups": json.dumps(state["param_groups"])})
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -118,6 +118,8 @@ def cmd_generate(args) -> int:
 def cmd_train(args) -> int:
     import tomllib
 
+    import torch
+
     from .train.config import load_train_config
     from .train.trainer import Trainer
 
@@ -138,7 +140,11 @@ def cmd_train(args) -> int:
         overrides["data.path"] = str(Path(args.data).resolve())
     config = load_train_config(args.config, overrides)
     trainer = Trainer(config, device=args.device, resume=not args.no_resume, progress=not args.no_progress)
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except (torch.OutOfMemoryError, MemoryError):
+        raise UserError(f"out of memory at step {trainer.step}; lower train.batch_size or the model size "
+                        "(the last checkpoint is kept, and the same command resumes)") from None
     print(f"{result.status} at step {result.step}; model: {result.model_path}" + (f"; {result.bad_steps} step(s) skipped for non-finite loss" if result.bad_steps else ""))
     return 0 if result.status == "done" else 3
 

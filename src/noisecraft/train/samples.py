@@ -24,7 +24,7 @@ def sample_grid(trainer, path: Path) -> Path:
     """One row per sample prompt (4 seeds each) for diffusion models; originals over reconstructions for a VAE."""
     config = trainer.model_config
     if config.kind == "vae":
-        x = trainer.data.images[:8].float().div(127.5).sub(1).to(trainer.device)
+        x = trainer.data.images[:: max(1, len(trainer.data) // 8)][:8].float().div(127.5).sub(1).to(trainer.device)
         recon = trainer.ema.decode(trainer.ema.encode(x).mode()).clamp(-1, 1)
         pictures = [Image.fromarray(((t.permute(1, 2, 0).squeeze(-1).cpu().numpy() + 1) * 127.5).round().astype("uint8"))
                     for t in torch.cat([x, recon])]

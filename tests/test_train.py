@@ -142,3 +142,22 @@ checkpoint_every = 3
     for key in a:
         if key.startswith("model."):
             assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_vae_with_patch_gan_trains_and_resumes_bit_exactly(data):
+    """The optional discriminator: its weights and optimizer are checkpointed, so resume stays exact."""
+    def config(out):
+        return tiny_config(data, kind="vae", steps=4, out=str(data / out), gan_weight=0.5, gan_start=1)
+
+    straight = Trainer(config("a"), progress=False, log=lambda *a: None)
+    before = [p.clone() for p in straight.disc.parameters()]
+    assert straight.train().status == "done"
+    assert any(not torch.equal(b, p) for b, p in zip(before, straight.disc.parameters()))  # the discriminator learned
+    first = Trainer(config("b"), progress=False, log=lambda *a: None)
+    first.train(until=2)
+    resumed = Trainer(config("b"), progress=False, log=lambda *a: None)
+    resumed.train()
+    for (k, a), b in zip(straight.disc.state_dict().items(), resumed.disc.state_dict().values()):
+        assert torch.equal(a, b), k
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k

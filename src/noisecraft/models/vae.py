@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from .attention import GroupNorm32, attention
+from .discriminator import adaptive_weight
 
 VAE_NORM_EPS = 1e-6
 
@@ -275,16 +276,20 @@ class AutoencoderKL(nn.Module):
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float = 1e-6,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             generator: torch.Generator | None = None, discriminator: nn.Module | None = None,
+             gan_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L1 reconstruction of a posterior sample plus ``kl_weight`` times the KL term; returns (loss, logs).
 
-    This is the objective of LDM's ``LPIPSWithDiscriminator`` with its perceptual (LPIPS) and
-    patch-GAN terms switched off, which noisecraft does not provide: per sample,
+    This is the objective of LDM's ``LPIPSWithDiscriminator`` without the perceptual (LPIPS) term,
+    which needs pretrained VGG weights noisecraft cannot ship: per sample,
     ``sum |x - x_hat| + kl_weight * KL(q(z|x) || N(0, I))``, averaged over the batch. Both terms
     are divided by the number of pixel values (C*H*W), so the loss reads as a mean absolute
     error while ``kl_weight`` keeps its meaning from the LDM configs (1e-6 for SD's kl-f8).
-    Logs (detached 0-d tensors, so no device sync): ``loss``, ``l1`` (mean absolute error),
-    ``mse``, ``kl`` (per sample, in nats).
+    With a `discriminator` and ``gan_weight > 0`` (off by default) the patch-GAN generator term
+    ``-D(x_hat)`` is added with the adaptive weight of Esser et al. 2021, eq. 7.
+    Logs (detached, so no device sync): ``loss``, ``l1`` (mean absolute error), ``mse``, ``kl``
+    (per sample, in nats), ``gan`` when used, and ``recon`` (the reconstruction, for the
+    discriminator's own step).
     """
     recon, posterior = vae(x, generator)
     per_value = x[0].numel()
@@ -293,4 +298,11 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float = 1e-6,
     loss = l1 + kl_weight * kl / per_value
     with torch.no_grad():
         mse = (x.float() - recon.float()).pow(2).mean()
-    return loss, {"loss": loss.detach(), "l1": l1.detach(), "mse": mse, "kl": kl.detach()}
+    logs = {"l1": l1.detach(), "mse": mse, "kl": kl.detach(), "recon": recon.detach()}
+    if discriminator is not None and gan_weight > 0:
+        generator_loss = -discriminator(recon).float().mean()
+        last_layer = getattr(vae, "module", vae).decoder.conv_out.weight
+        loss = loss + gan_weight * adaptive_weight(l1, generator_loss, last_layer) * generator_loss
+        logs["gan"] = generator_loss.detach()
+    logs["loss"] = loss.detach()
+    return loss, logs

@@ -57,6 +57,8 @@ class TrainSection:
     seed: int = 0
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
     kl_weight: float = 1e-6  # VAE only
+    gan_weight: float = 0.0  # VAE only: patch-GAN term (Esser et al. 2021); 0 = off, LDM uses 0.5
+    gan_start: int = 0  # VAE only: step at which the discriminator joins
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 250

@@ -28,6 +28,7 @@ from ..denoiser import Denoiser
 from ..errors import UserError
 from ..models.text import load_text_encoder
 from ..models.unet import UNet, UNetConfig
+from ..models.discriminator import PatchDiscriminator, hinge_discriminator_loss
 from ..models.vae import AutoencoderKL, VAEConfig, vae_loss
 from .cache import TextCache, cached_latents, cached_text
 from .config import TrainConfig
@@ -94,7 +95,7 @@ class Trainer:
         self.step, self.bad_steps, self.bad_in_row, self.last_loss = 0, 0, 0, float("nan")
         checkpoint = self.out / CHECKPOINT
         if resume and checkpoint.exists():
-            meta = load_checkpoint(checkpoint, self.model, self.ema, self.optimizer)
+            meta = load_checkpoint(checkpoint, self.modules(), self.optimizers())
             if meta["model_config"] != self.model_config.to_dict():
                 raise UserError(f"{checkpoint} belongs to a different model; choose another train.out or pass --no-resume")
             self.step, self.bad_steps = meta["step"], meta["bad_steps"]
@@ -139,6 +140,13 @@ class Trainer:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         if c.kind != "vae":
             self.denoiser = Denoiser(self.trained, ac, prediction=c.prediction)
+        self.disc = self.disc_trained = self.disc_optimizer = None
+        if c.kind == "vae" and t.gan_weight > 0:
+            self.disc = PatchDiscriminator(c.vae.out_channels).to(self.device)
+            self.disc_trained = self.disc
+            if self.distributed:
+                self.disc_trained = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=[self.device] if self.device.type == "cuda" else None)
+            self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=(0.5, 0.9), weight_decay=0.0)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 else decay).append(p)
@@ -185,12 +193,35 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=g)[mine].to(self.device)
         return x0[mine].to(self.device), {k: v.to(self.device) for k, v in cond.items()}, sigma, noise, g
 
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint saves besides optimizers: weights, EMA weights, the discriminator if any."""
+        return {"model": self.model, "ema": self.ema} | ({"disc": self.disc} if self.disc is not None else {})
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optim": self.optimizer} | ({"disc_optim": self.disc_optimizer} if self.disc is not None else {})
+
+    def gan_active(self, step: int) -> bool:
+        return self.disc is not None and step >= self.config.train.gan_start
+
     def loss(self, step: int) -> torch.Tensor:
         x0, cond, sigma, noise, g = self.batch(step)
         if self.model_config.kind == "vae":
-            loss, _ = vae_loss(self.trained, x0, kl_weight=self.config.train.kl_weight, generator=g)
+            t = self.config.train
+            active = self.gan_active(step)
+            loss, logs = vae_loss(self.trained, x0, kl_weight=t.kl_weight, generator=g,
+                                  discriminator=self.disc_trained if active else None, gan_weight=t.gan_weight)
+            self._pair = (x0, logs["recon"]) if active else None
             return loss
         return self.denoiser.loss(x0, sigma, cond, noise).mean()
+
+    def discriminator_step(self) -> None:
+        """One hinge-loss step of the patch discriminator on this batch's images and reconstructions."""
+        real, fake = self._pair
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        loss = hinge_discriminator_loss(self.disc_trained(real), self.disc_trained(fake))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.config.train.grad_clip)
+        self.disc_optimizer.step()
 
     def train_step(self) -> bool:
         """One optimizer step; returns False (and changes nothing) when the loss is not finite."""
@@ -214,6 +245,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return False
         self.optimizer.step()
+        if self.model_config.kind == "vae" and self.gan_active(self.step):
+            self.discriminator_step()
         decay = min(t.ema_decay, (1 + self.step) / (10 + self.step))
         with torch.no_grad():
             for e, p in zip(self.ema.parameters(), self.model.parameters()):
@@ -264,7 +297,7 @@ class Trainer:
             return
         meta = {"step": self.step, "bad_steps": self.bad_steps, "model_config": self.model_config.to_dict(),
                 "train_config": self.config.to_dict()}
-        save_checkpoint(self.out / CHECKPOINT, self.model, self.ema, self.optimizer, json.loads(json.dumps(meta, default=str)))
+        save_checkpoint(self.out / CHECKPOINT, self.modules(), self.optimizers(), json.loads(json.dumps(meta, default=str)))
         self.export(self.out / "model.safetensors")
 
     def export(self, path: Path, dtype: torch.dtype | None = None) -> Path:

@@ -109,9 +109,10 @@ class Pipeline:
         unet = _build(UNet, config.unet, parts["unet"], device, dtype)
         vae = _build(AutoencoderKL, config.vae, parts["vae"], device, torch.float32) if config.kind == "latent" else None
         text_encoder = load_text_encoder(config.text_encoder).to(device) if config.text_encoder else None
-        name = file.parent.name if file.parent != BUILTIN_MODEL and file.name == "model.safetensors" else file.stem
         if file.parent == BUILTIN_MODEL:
             name = config.name
+        else:  # what users call it: the folder of a run's model.safetensors, else the file's stem
+            name = file.parent.name if file.name == "model.safetensors" else file.stem
         return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=name, hash=model_hash(file))
 
     # -- validation -------------------------------------------------------------------------

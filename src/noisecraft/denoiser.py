@@ -51,9 +51,13 @@ class Denoiser(nn.Module):
         self.register_buffer("sigmas", self._sigmas64.clone(), persistent=False)
 
     def _apply(self, fn, recurse=True):
-        # Module.to(dtype)/.half() cast every floating buffer; put the float64 schedule back.
+        # Module.to(dtype)/.half() would cast the schedule like any floating buffer: keep it float64
+        # on the new device (float32 on Apple's MPS, which has no float64).
+        self._buffers.pop("sigmas")
         super()._apply(fn, recurse)
-        self.sigmas = self._sigmas64.to(self.sigmas.device)
+        device = fn(torch.zeros(1)).device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.register_buffer("sigmas", self._sigmas64.to(device, dtype), persistent=False)
         return self
 
     @property

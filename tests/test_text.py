@@ -20,6 +20,11 @@ def test_pooled_vector_equals_sentence_transformers(encoder):
     got = encoder.encode(prompts)
     # Same weights, same maths, float32: differences are rounding only.
     assert torch.allclose(got.pooled, expected, atol=1e-5)
+    tokens = reference.encode(prompts, output_value="token_embeddings")
+    for row, reference_tokens in enumerate(tokens):
+        n = int(got.mask[row].sum())
+        assert n == reference_tokens.shape[0]
+        assert torch.allclose(got.tokens[row, :n], reference_tokens, atol=1e-4)
 
 
 def test_shapes_and_mask(encoder):

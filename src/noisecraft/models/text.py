@@ -48,8 +48,38 @@ class TextEmbedding:
         )
 
 
+class BertLayer(nn.Module):
+    """One post-LayerNorm BERT encoder layer (Devlin et al. 2019), Hugging Face parameter names."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.attention = nn.Module()
+        self.attention.self = nn.Module()
+        self.attention.self.query, self.attention.self.key, self.attention.self.value = (nn.Linear(dim, dim) for _ in range(3))
+        self.attention.output = nn.Module()
+        self.attention.output.dense, self.attention.output.LayerNorm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(dim, hidden)
+        self.output = nn.Module()
+        self.output.dense, self.output.LayerNorm = nn.Linear(hidden, dim), nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = self.attention
+        b, n, d = x.shape
+        q, k, v = (proj(x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for proj in (a.self.query, a.self.key, a.self.value))
+        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        x = a.output.LayerNorm(x + a.output.dense(h.transpose(1, 2).reshape(b, n, d)))
+        return self.output.LayerNorm(x + self.output.dense(nn.functional.gelu(self.intermediate.dense(x))))
+
+
 class MiniLMEncoder(nn.Module):
-    """all-MiniLM-L6-v2: 6-layer BERT, 384-d token states, mean-pooled + L2-normalised sentence vector."""
+    """all-MiniLM-L6-v2: 6-layer BERT, 384-d token states, mean-pooled + L2-normalised sentence vector.
+
+    The 60-line BERT below replaces `transformers.BertModel` because importing transformers costs
+    1.3-6 s, most of the 5 s a CLI generation may take; tests/test_text.py pins it to
+    sentence-transformers' output on the same shipped weights.
+    """
 
     name = "all-MiniLM-L6-v2"
     dim = 384
@@ -57,29 +87,44 @@ class MiniLMEncoder(nn.Module):
 
     def __init__(self, max_length: int = 77, model_dir: str | Path | None = None):
         super().__init__()
-        from tokenizers import Tokenizer
-        from transformers import BertConfig, BertModel
+        import json
+
         from safetensors.torch import load_file
+        from tokenizers import Tokenizer
 
         model_dir = Path(model_dir) if model_dir else _minilm_dir()
+        config = json.loads((model_dir / "config.json").read_text())
         self.max_length = max_length
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.no_padding()
-        config = BertConfig.from_json_file(str(model_dir / "config.json"))
-        self.bert = BertModel(config, add_pooling_layer=False)
+        dim, eps = config["hidden_size"], config["layer_norm_eps"]
+        with torch.device("meta"):
+            self.embeddings = nn.Module()
+            self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], dim)
+            self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], dim)
+            self.embeddings.token_type_embeddings = nn.Embedding(config["type_vocab_size"], dim)
+            self.embeddings.LayerNorm = nn.LayerNorm(dim, eps=eps)
+            self.encoder = nn.Module()
+            self.encoder.layer = nn.ModuleList(BertLayer(dim, config["num_attention_heads"], config["intermediate_size"], eps)
+                                               for _ in range(config["num_hidden_layers"]))
         state = {k.removeprefix("bert."): v for k, v in load_file(str(model_dir / "model.safetensors")).items()}
-        state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
-        missing, unexpected = self.bert.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "position_ids" not in k]
-        unexpected = [k for k in unexpected if "position_ids" not in k]
-        if missing or unexpected:
-            raise RuntimeError(f"MiniLM weights do not match: missing {missing}, unexpected {unexpected}")
-        self.bert.eval().requires_grad_(False)
+        state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
+        self.load_state_dict(state, strict=True, assign=True)
+        self.eval().requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.bert.parameters()).device
+        return self.embeddings.word_embeddings.weight.device
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        e = self.embeddings
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = e.word_embeddings(ids) + e.position_embeddings(positions) + e.token_type_embeddings.weight[0]
+        x = e.LayerNorm(x)
+        for layer in self.encoder.layer:
+            x = layer(x, mask)
+        return x
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> TextEmbedding:
@@ -91,7 +136,7 @@ class MiniLMEncoder(nn.Module):
             ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
             mask[row, : len(encoding.ids)] = True
         ids, mask = ids.to(self.device), mask.to(self.device)
-        tokens = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        tokens = self(ids, mask)
         weights = mask.unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         pooled = nn.functional.normalize(pooled, dim=-1)

@@ -1,0 +1,25 @@
+"""The shipped model: present in the package, loadable, and used when no model is named."""
+
+import subprocess
+import sys
+
+from noisecraft.pipeline import Pipeline
+from noisecraft.pngmeta import parse_parameters, read_parameters
+
+
+def test_builtin_model_generates_a_64px_picture():
+    pipe = Pipeline.from_pretrained(device="cpu")
+    assert pipe.config.name == "noisecraft-emoji" and pipe.config.kind == "latent"
+    image = pipe("a palm tree", steps=2, seed=0)[0]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert parse_parameters(image.info["parameters"])["Model"] == "noisecraft-emoji"
+
+
+def test_cli_uses_the_builtin_model_by_default(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "noisecraft.cli", "generate", "a palm tree", "--steps", "2",
+                             "--seed", "3", "--out", str(tmp_path / "palm.png")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    params = parse_parameters(read_parameters(tmp_path / "palm.png"))
+    assert params["Seed"] == "3" and params["Size"] == "64x64" and len(params["Model hash"]) == 10
+    info = subprocess.run([sys.executable, "-m", "noisecraft.cli", "info"], capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0 and "noisecraft-emoji" in info.stdout and "float16" in info.stdout

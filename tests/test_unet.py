@@ -26,14 +26,6 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, cre
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread; with two, a busy shared core makes them ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 SD1_STYLE = UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(1, 2),
                        transformer_depth=1, num_heads=2, context_dim=24)
 SD2_STYLE = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),

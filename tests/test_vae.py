@@ -20,13 +20,6 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, crea
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread; with two, a busy shared core makes them ~40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 # Three levels (f4), a channel change at every level, 2 blocks per level; diffusers has no attention
 # outside the middle blocks, so attn_resolutions stays empty here (as in every SD VAE).
 TINY = VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=4, embed_dim=3, resolution=16)

@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoints import load_model_file, model_hash, read_safetensors_header, resolve_weights_file
+    from .checkpoints import load_model_file, model_hash
     from .pipeline import BUILTIN_MODEL
 
     path = args.model or BUILTIN_MODEL

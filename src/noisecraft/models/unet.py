@@ -24,7 +24,6 @@ Layout, for ``channel_mult`` with n levels and ``num_res_blocks`` = r::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,13 +33,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .attention import GroupNorm32, attention
+from .config import JSONConfig
 
 UNET_NORM_EPS = 1e-5  # the ResBlocks' and the output's GroupNorm32
 TRANSFORMER_NORM_EPS = 1e-6  # SpatialTransformer's input GroupNorm ("Normalize" in the original)
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JSONConfig):
     """Every size of the LDM UNet. Field names and meanings follow the original configs.
 
     ``attention_resolutions`` lists downsample factors (1, 2, 4, ...) whose levels get a
@@ -100,14 +100,6 @@ class UNetConfig:
         if self.num_head_channels != -1:
             return channels // self.num_head_channels, self.num_head_channels
         return self.num_heads, channels // self.num_heads
-
-    def to_dict(self) -> dict:
-        """Plain JSON types: tuples become lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "UNetConfig":
-        return cls(**data)
 
     @classmethod
     def sd15(cls) -> "UNetConfig":

@@ -11,7 +11,6 @@ tensors load with ``load_state_dict(strict=True)`` once that prefix is stripped.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,13 +19,14 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from .attention import GroupNorm32, attention
+from .config import JSONConfig
 from .discriminator import adaptive_weight
 
 VAE_NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(JSONConfig):
     """Every size of the LDM autoencoder (the ``ddconfig`` of the original configs, plus scaling).
 
     ``attn_resolutions`` lists pixel resolutions (relative to the nominal ``resolution``) at which
@@ -58,14 +58,6 @@ class VAEConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
-
-    def to_dict(self) -> dict:
-        """Plain JSON types: tuples become lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VAEConfig":
-        return cls(**data)
 
     @classmethod
     def sd(cls) -> "VAEConfig":

@@ -176,3 +176,23 @@ class CFGDenoiser:
             ratio = c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
             guided = self.rescale * guided * ratio + (1 - self.rescale) * guided
         return self.denoiser.from_prediction(x, s, c_in, guided)
+
+
+class MaskedDenoiser:
+    """Inpainting with an ordinary model: the kept region follows the start image's noisy path.
+
+    Before every network call except the first, x is replaced in the kept region (``keep`` = 1) by
+    the start latents noised to the current sigma, ``init + sigma * noise``, with the same noise the
+    sampler started from; the pipeline pastes ``init`` into the kept region after the last step.
+    Every sampler updates x elementwise from x and x0_hat, so the repainted region evolves exactly as
+    in diffusers' inpainting pipeline, which blends after each scheduler step instead.
+    """
+
+    def __init__(self, denoise, init: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, sigma_start: float):
+        self.denoise, self.init, self.noise, self.keep, self.sigma_start = denoise, init, noise, keep, sigma_start
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        if s < self.sigma_start:
+            x = self.keep * (self.init + s * self.noise) + (1 - self.keep) * x
+        return self.denoise(x, sigma)

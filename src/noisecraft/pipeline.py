@@ -11,21 +11,24 @@ the image a single run with seed+k makes, and CPU and GPU runs start from the sa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from . import schedules
-from .checkpoints import ModelConfig, load_model_file, model_hash
-from .denoiser import CFGDenoiser, Denoiser
+from . import sdfiles
+from .checkpoints import FORMAT, ModelConfig, load_model_file, model_hash, read_safetensors_header, resolve_weights_file, sniff
+from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
 from .errors import UserError
 from .models.text import TextEmbedding, load_text_encoder
-from .models.unet import UNet
+from .models.unet import UNet, timestep_embedding
 from .models.vae import AutoencoderKL
 from .pngmeta import format_parameters
 from .samplers import resolve_sampler, to_vp
@@ -81,31 +84,63 @@ class Settings:
     height: int
     seed: int
     num_images: int
+    strength: float | None = None  # img2img / inpainting: how much of the start image is re-noised
 
 
 class Pipeline:
-    """A loaded model ready to make pictures: ``Pipeline.from_pretrained(path)("a palm tree")``."""
+    """A loaded model ready to make pictures: ``Pipeline.from_pretrained(path)("a palm tree")``.
+
+    Loads noisecraft models and Stable Diffusion 1.x / 2.x / SDXL checkpoints (single files and
+    diffusers folders); makes pictures from text, from a start image (img2img) and inside a mask
+    (inpainting; real inpainting checkpoints or mask-blended latents for ordinary ones).
+    """
+
+    supports_img2img = True
 
     def __init__(self, config: ModelConfig, unet: UNet, vae: AutoencoderKL | None, text_encoder, *,
-                 device: torch.device, dtype: torch.dtype = torch.float32, name: str = "", hash: str = ""):
+                 device: torch.device, dtype: torch.dtype = torch.float32, name: str = "", file: Path | None = None,
+                 family: str = "noisecraft"):
         self.config, self.unet, self.vae, self.text_encoder = config, unet, vae, text_encoder
-        self.device, self.dtype, self.name, self.hash = device, dtype, name or config.name, hash
+        self.device, self.dtype, self.name, self.file, self.family = device, dtype, name or config.name, file, family
+        self._hash: str | None = None
         ac = schedules.alphas_cumprod(schedules.betas(config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end))
         self.denoiser = Denoiser(unet, ac, prediction=config.prediction).to(device)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, device: str | torch.device = "auto",
-                        dtype: torch.dtype | None = None) -> "Pipeline":
-        """Load a noisecraft model folder or `.safetensors` file; no path loads the built-in model."""
+                        dtype: torch.dtype | None = None, vae: str | os.PathLike | None = None,
+                        prediction: str | None = None) -> "Pipeline":
+        """Load a model; no path loads the built-in model.
+
+        `path` is a noisecraft model (file or folder), a Stable Diffusion single file
+        (``.safetensors``, or a legacy ``.ckpt`` read as weights only), or a diffusers folder.
+        `vae` swaps in a standalone autoencoder; `prediction` ("eps" or "v") overrides what the
+        file implies (SD 2.x 768 models predict v).
+        """
         device = pick_device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         if path is None:
             if not any(BUILTIN_MODEL.glob("*.safetensors")):
                 raise UserError("this install has no built-in model; pass a model with --model PATH")
             path = BUILTIN_MODEL
-        config, parts, file = load_model_file(path)
+        path = Path(path).expanduser()
+        if sdfiles.is_diffusers_folder(path):
+            return cls._from_sd(sdfiles.load_diffusers_folder(path, prediction=prediction), device, dtype, vae)
+        file = resolve_weights_file(path)
+        if _is_noisecraft_file(file):
+            if vae is not None or prediction is not None:
+                raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
+            return cls._from_noisecraft(file, device, dtype)
+        if sdfiles.is_sd_single_file(file):
+            return cls._from_sd(sdfiles.load_single_file(file, prediction=prediction), device, dtype, vae)
+        load_model_file(file)  # raises the sentence that says what the file is not
+        raise UserError(f"{file} is not a model noisecraft can load")
+
+    @classmethod
+    def _from_noisecraft(cls, file: Path, device, dtype) -> "Pipeline":
+        config, parts, file = load_model_file(file)
         if config.kind == "vae" or config.unet is None:
             raise UserError(f"{file} is an autoencoder alone; generation needs a diffusion model (kind 'latent' or 'pixel')")
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         unet = _build(UNet, config.unet, parts["unet"], device, dtype)
         vae = _build(AutoencoderKL, config.vae, parts["vae"], device, torch.float32) if config.kind == "latent" else None
         text_encoder = load_text_encoder(config.text_encoder).to(device) if config.text_encoder else None
@@ -113,7 +148,37 @@ class Pipeline:
             name = config.name
         else:  # what users call it: the folder of a run's model.safetensors, else the file's stem
             name = file.parent.name if file.name == "model.safetensors" else file.stem
-        return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=name, hash=model_hash(file))
+        return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=name, file=file)
+
+    @classmethod
+    def _from_sd(cls, ckpt: sdfiles.SDCheckpoint, device, dtype, vae_path) -> "Pipeline":
+        from .models import clip
+
+        config = ckpt.config
+        if vae_path is not None:
+            ckpt.parts["vae"] = sdfiles.load_vae_file(Path(vae_path), ckpt.family)
+            config = dataclasses.replace(config, vae=sdfiles.vae_config_of(ckpt.parts["vae"], ckpt.family))
+        unet = _build(UNet, config.unet, ckpt.parts.pop("unet"), device, dtype)
+        # The VAE runs in the UNet's dtype on GPUs; `decode` falls back to float32 if fp16 overflows.
+        vae = _build(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
+        if ckpt.folder is not None:
+            text_encoder = clip.sd_text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
+        else:
+            text_encoder = clip.sd_text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
+        return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=config.name, file=ckpt.file,
+                   family=ckpt.family)
+
+    @property
+    def hash(self) -> str:
+        """AUTOMATIC1111's short hash of the model file, computed on first use (large files take seconds)."""
+        if self._hash is None:
+            self._hash = model_hash(self.file) if self.file is not None else ""
+        return self._hash
+
+    @property
+    def inpainting_model(self) -> bool:
+        """A UNet that takes [latents, mask, masked-image latents] (9 channels for SD)."""
+        return self.config.unet.in_channels > self.config.unet.out_channels
 
     # -- validation -------------------------------------------------------------------------
     @property
@@ -122,8 +187,13 @@ class Pipeline:
         return self.config.downsample_factor * 2 ** (len(self.config.unet.channel_mult) - 1)
 
     def settings(self, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, width=None,
-                 height=None, seed=None, num_images=1, guidance_rescale=0.0) -> Settings:
-        """Fill in the model's defaults and check every value, raising `UserError` with one sentence."""
+                 height=None, seed=None, num_images=1, guidance_rescale=0.0, strength=None,
+                 init_size: tuple[int, int] | None = None) -> Settings:
+        """Fill in the model's defaults and check every value, raising `UserError` with one sentence.
+
+        `init_size` is the start image's (width, height) for img2img: it sets the default size and
+        makes `strength` (default 0.75) apply.
+        """
         defaults = self.config.defaults
         if not isinstance(prompt, str):
             raise UserError("the prompt must be text")
@@ -138,9 +208,18 @@ class Pipeline:
         if not (0.0 <= float(guidance_rescale) <= 1.0):
             raise UserError(f"guidance rescale must be from 0 to 1, not {guidance_rescale}")
         spec = resolve_sampler(sampler or defaults.get("sampler", "dpmpp_2m_karras"))
+        factor = self.size_factor
+        if init_size is not None:  # default to the start image's size, rounded down to what the model takes
+            width = max(factor, init_size[0] // factor * factor) if width is None else width
+            height = max(factor, init_size[1] // factor * factor) if height is None else height
+            strength = 0.75 if strength is None else strength
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < float(strength) <= 1.0:
+                raise UserError(f"strength (denoising strength) must be a number above 0 and at most 1, not {strength!r}")
+            strength = float(strength)
+        elif strength is not None:
+            raise UserError("strength only applies with a start image (--init-image)")
         width = self.config.image_size if width is None else width
         height = self.config.image_size if height is None else height
-        factor = self.size_factor
         for label, side in (("width", width), ("height", height)):
             if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
                 raise UserError(f"{label} must be a positive whole number of pixels, not {side!r}")
@@ -155,26 +234,35 @@ class Pipeline:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise UserError(f"seed must be a whole number from 0 (or -1 for random), not {seed!r}")
         return Settings(prompt, negative_prompt or "", steps, guidance_scale, float(guidance_rescale), spec.name,
-                        width, height, seed, num_images)
+                        width, height, seed, num_images, strength)
 
     # -- generation ---------------------------------------------------------------------------
     def __call__(self, prompt: str, negative_prompt: str = "", steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, width: int | None = None,
                  height: int | None = None, seed: int | None = None, num_images: int = 1,
                  guidance_rescale: float = 0.0, batch_size: int = 16,
-                 callback: Callable | None = None) -> list[Image.Image]:
+                 callback: Callable | None = None, *, init_image: Image.Image | None = None,
+                 strength: float | None = None, mask_image: Image.Image | None = None) -> list[Image.Image]:
         """Make `num_images` pictures for `prompt`; each carries its A1111 parameters in ``image.info``.
 
+        With `init_image`, start from that picture re-noised by `strength` (img2img); with
+        `mask_image` as well, repaint only where the mask is white (inpainting).
         `callback(step, total_steps, x0)` is called after every sampling step of every batch; it may
         raise to interrupt. `batch_size` bounds how many images share one network call.
         """
-        s = self.settings(prompt, negative_prompt, steps, guidance_scale, sampler, width, height, seed,
-                          num_images, guidance_rescale)
+        if mask_image is not None and init_image is None:
+            raise UserError("a mask needs the image it applies to (--init-image)")
+        if init_image is not None and self.vae is None:
+            raise UserError("img2img needs a latent model with an autoencoder; this pixel model has none")
+        s = self.settings(prompt, negative_prompt, steps, guidance_scale, sampler, width, height, seed, num_images,
+                          guidance_rescale, strength, init_image.size if init_image is not None else None)
+        init = _pixels(init_image, s.width, s.height) if init_image is not None else None
+        mask = _mask(mask_image, s.width, s.height) if mask_image is not None else None
         images = []
         for start in range(0, s.num_images, batch_size):
             seeds = [s.seed + k for k in range(start, min(start + batch_size, s.num_images))]
             try:
-                images += self._generate(s, seeds, callback)
+                images += self._generate(s, seeds, callback, init, mask)
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
             except RuntimeError as error:
@@ -183,46 +271,107 @@ class Pipeline:
                 raise
         return images
 
-    def encode_prompts(self, prompts: list[str]) -> dict:
-        """The conditioning dict the UNet takes (`context`, `context_mask`, `y`) for a batch of prompts."""
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int] | None = None) -> dict:
+        """The conditioning dict the UNet takes (`context`, `context_mask`, `y`) for a batch of prompts.
+
+        SDXL's `y` is [pooled text | sinusoids of (height, width, crop top, crop left, height, width)]
+        for an image of `size` (width, height), uncropped (Podell et al. 2023, Sec. 2.2).
+        """
         if self.text_encoder is None:
             return {}
         emb: TextEmbedding = self.text_encoder.encode(prompts).to(self.device)
-        cond = {"context": emb.tokens.to(self.dtype), "context_mask": emb.mask}
+        if self.family == "sdxl":  # an empty prompt means zero conditioning, as SDXL was trained (sgm's ucg)
+            empty = torch.tensor([not p for p in prompts], device=self.device)
+            emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
+        cond = {"context": emb.tokens.to(self.dtype)}
+        if self.family == "noisecraft":
+            cond["context_mask"] = emb.mask
         if self.config.unet.adm_in_channels:
-            cond["y"] = emb.pooled.to(self.dtype)
+            y = emb.pooled
+            if self.family == "sdxl":
+                width, height = size or (self.config.image_size, self.config.image_size)
+                ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32, device=self.device)
+                dim = (self.config.unet.adm_in_channels - y.shape[1]) // len(ids)
+                y = torch.cat([y.float(), timestep_embedding(ids, dim).reshape(1, -1).expand(len(prompts), -1)], dim=1)
+            cond["y"] = y.to(self.dtype)
         return cond
 
     @torch.no_grad()
-    def _generate(self, s: Settings, seeds: list[int], callback) -> list[Image.Image]:
+    def _generate(self, s: Settings, seeds: list[int], callback, init: torch.Tensor | None,
+                  mask: torch.Tensor | None) -> list[Image.Image]:
         spec = resolve_sampler(s.sampler)
         n = len(seeds)
         guided = s.guidance_scale != 1.0 and self.text_encoder is not None
-        both = self.encode_prompts([s.prompt] * n + ([s.negative_prompt] * n if guided else []))
+        both = self.encode_prompts([s.prompt] * n + ([s.negative_prompt] * n if guided else []), (s.width, s.height))
         cond = {k: v[:n] for k, v in both.items()}
         uncond = {k: v[n:] for k, v in both.items()} if guided else None
-        denoise = CFGDenoiser(self.denoiser, cond, uncond, s.guidance_scale if guided else 1.0, s.guidance_rescale)
 
         f = self.config.downsample_factor
-        shape = (self.config.unet.in_channels, s.height // f, s.width // f)
+        shape = (self.config.unet.out_channels, s.height // f, s.width // f)
         noise = BatchNoise(seeds, self.device, self.dtype)
         sigmas = spec.sigmas(self.denoiser.sigmas.cpu(), s.steps)  # float64 on the CPU: samplers read floats
-        x = noise.initial(shape) * spec.init_scale(sigmas)
+        if init is not None:  # img2img: the last round(steps * strength) steps of the schedule (diffusers' rule)
+            sigmas = sigmas[s.steps - min(int(s.steps * s.strength), s.steps):]
+        # Each image's generator is drawn in diffusers' order: start-image latents, starting noise,
+        # masked-image latents, then whatever a stochastic sampler needs.
+        pure_noise = init is None or (mask is not None and s.strength == 1.0)
+        init = init.to(self.device).expand(n, -1, -1, -1) if init is not None else None
+        image_latents = self.encode(init, noise) if init is not None and not (self.inpainting_model and pure_noise) else None
+        start = noise.initial(shape)
+        x = start * spec.init_scale(sigmas) if pure_noise else image_latents + float(sigmas[0]) * start
+        if self.inpainting_model:
+            extra = self._inpaint_channels(init, mask, noise, n, shape)
+            cond["concat"] = extra
+            if uncond is not None:
+                uncond["concat"] = extra
+        denoise = CFGDenoiser(self.denoiser, cond, uncond, s.guidance_scale if guided else 1.0, s.guidance_rescale)
+        keep = None
+        if mask is not None and not self.inpainting_model:
+            self.encode(init * (mask < 0.5), noise)  # drawn (and unused) as diffusers does, so later noise lines up
+            keep = 1.0 - _latent_mask(mask, shape).to(self.device, x.dtype)
+            denoise = MaskedDenoiser(denoise, image_latents, start, keep, float(sigmas[0]))
 
         def on_step(i, sigma, x, x0):
             if callback is not None:
-                callback(i + 1, s.steps, x0)
+                callback(i + 1, len(sigmas) - 1, x0)
 
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             x = spec.fn(denoise, x, sigmas, noise_sampler=noise, callback=on_step, **spec.options)
-        pixels = self.decode(to_vp(x, sigmas[-1]))  # DDIM may stop above sigma 0
+        x = to_vp(x, sigmas[-1])  # DDIM may stop above sigma 0
+        if keep is not None:
+            x = keep * image_latents + (1 - keep) * x
+        pixels = self.decode(x)
         return [self._to_image(p, s, seed) for p, seed in zip(pixels, seeds)]
 
+    def _inpaint_channels(self, init, mask, noise: BatchNoise, n: int, shape) -> torch.Tensor:
+        """[mask, masked-image latents] for an inpainting UNet; a blank canvas to paint in for txt2img."""
+        if init is None:  # txt2img with an inpainting model: everything masked, over a grey (0) image
+            blank = torch.zeros(n, 3, shape[1] * self.config.downsample_factor, shape[2] * self.config.downsample_factor, device=self.device)
+            return torch.cat([torch.ones(n, 1, *shape[1:], device=self.device), self.encode(blank)], dim=1).to(self.dtype)
+        masked = self.encode(init * (mask.to(init.device) < 0.5), noise)
+        return torch.cat([_latent_mask(mask, shape).to(self.device).expand(n, -1, -1, -1), masked], dim=1).to(self.dtype)
+
+    def encode(self, pixels: torch.Tensor, noise: BatchNoise | None = None) -> torch.Tensor:
+        """Images in [-1, 1] to scaled latents: a posterior sample drawn from `noise`, or its mean."""
+        vae = self.vae
+        posterior = vae.encode(pixels.to(self.device, next(vae.parameters()).dtype))
+        z = posterior.mean if noise is None else posterior.mean + posterior.std * noise(posterior.mean)
+        return ((z.float() - vae.config.shift_factor) * vae.config.scaling_factor).to(self.dtype)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (or pixels, for pixel models) to images in [0, 1]."""
+        """Latents (or pixels, for pixel models) to images in [0, 1].
+
+        A half-precision VAE that overflows (SDXL's does in fp16) is moved to float32 and the decode
+        repeated, instead of returning a black image.
+        """
         if self.vae is not None:
             z = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
-            latents = self.vae.decode(z)
+            vae_dtype = next(self.vae.parameters()).dtype
+            out = self.vae.decode(z.to(vae_dtype))
+            if vae_dtype != torch.float32 and not torch.isfinite(out).all():
+                self.vae.float()
+                out = self.vae.decode(z)
+            latents = out
         return ((latents.float() + 1) / 2).clamp(0, 1)
 
     def _to_image(self, pixels: torch.Tensor, s: Settings, seed: int) -> Image.Image:
@@ -236,13 +385,42 @@ class Pipeline:
         return format_parameters(
             s.prompt, s.negative_prompt, Steps=s.steps, Sampler=spec.a1111_name, CFG_scale=s.guidance_scale,
             Seed=seed, Size=f"{s.width}x{s.height}", Model_hash=self.hash or None, Model=self.name,
-            CFG_Rescale_phi=s.guidance_rescale or None, Version=f"noisecraft {_version()}")
+            Denoising_strength=s.strength, CFG_Rescale_phi=s.guidance_rescale or None,
+            Version=f"noisecraft {_version()}")
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def _is_noisecraft_file(file: Path) -> bool:
+    if sniff(file) != "safetensors":
+        return False
+    return (read_safetensors_header(file).get("__metadata__") or {}).get("format") == FORMAT
+
+
+def _pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """A PIL image as a [1, 3, H, W] tensor in [-1, 1], resized (Lanczos) to width x height if needed."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.LANCZOS)
+    array = torch.from_numpy(np.asarray(image, dtype="float32").copy())
+    return (array / 127.5 - 1.0).permute(2, 0, 1)[None]
+
+
+def _mask(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """A mask as [1, 1, H, W] of 0 (keep) and 1 (repaint): white repaints, as in A1111 and diffusers."""
+    image = image.convert("L")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.LANCZOS)
+    array = torch.from_numpy(np.asarray(image, dtype="float32").copy()) / 255.0
+    return (array >= 0.5).float()[None, None]
+
+
+def _latent_mask(mask: torch.Tensor, shape) -> torch.Tensor:
+    return torch.nn.functional.interpolate(mask, size=tuple(shape[1:]))  # nearest, as diffusers
 
 
 def _build(cls, config, state: dict, device, dtype):

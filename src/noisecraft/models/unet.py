@@ -353,8 +353,13 @@ class UNet(nn.Module):
                                  _zero(nn.Conv2d(mc, c.out_channels, 3, padding=1, **dd)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
+        """eps (or v, x0) for x at timestep t. ``concat`` holds extra input channels appended to x
+        (the original's ``c_concat``: an inpainting model's mask and masked-image latents)."""
         c = self.config
+        if concat is not None:
+            x = torch.cat([x, concat.to(x)], dim=1)
         if c.adm_in_channels and y is None:
             raise ValueError(f"this UNet needs the pooled vector y [B, {c.adm_in_channels}]")
         if y is not None and not c.adm_in_channels:

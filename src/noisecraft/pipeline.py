@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -167,6 +168,34 @@ class Pipeline:
             text_encoder = clip.sd_text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
         return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=config.name, file=ckpt.file,
                    family=ckpt.family)
+
+    # -- LoRA -------------------------------------------------------------------------------------
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
+        """Merge a LoRA file (kohya/A1111 or diffusers/PEFT) at `scale`; call again to stack more.
+
+        Returns the number of layers changed. `unload_loras` restores the original weights.
+        """
+        from .lora import LoraStack, unet_targets
+
+        if self.family == "noisecraft":
+            raise UserError("LoRA files are for Stable Diffusion checkpoints; this is a noisecraft model")
+        if not hasattr(self, "_loras"):
+            self._loras = LoraStack()
+        targets = {"unet": unet_targets(self.unet, self.config.unet.num_res_blocks)}
+        for name, module in getattr(self.text_encoder, "text_lora_targets", dict)().items():
+            part, rest = ("te2", name[len("lora_te2_"):]) if name.startswith("lora_te2_") else \
+                         ("te1", re.sub(r"^lora_te1?_", "", name))
+            targets.setdefault(part, {})[rest] = module
+        return self._loras.apply(path, float(scale), targets)
+
+    def unload_loras(self) -> None:
+        if hasattr(self, "_loras"):
+            self._loras.unload()
+
+    @property
+    def loras(self) -> list[tuple[str, float, str]]:
+        """(name, scale, short hash) of the LoRA files merged in, for the PNG parameters."""
+        return list(self._loras.loaded) if hasattr(self, "_loras") else []
 
     @property
     def hash(self) -> str:
@@ -386,6 +415,8 @@ class Pipeline:
             s.prompt, s.negative_prompt, Steps=s.steps, Sampler=spec.a1111_name, CFG_scale=s.guidance_scale,
             Seed=seed, Size=f"{s.width}x{s.height}", Model_hash=self.hash or None, Model=self.name,
             Denoising_strength=s.strength, CFG_Rescale_phi=s.guidance_rescale or None,
+            Lora=", ".join(f"{name}: {scale:g}" for name, scale, _ in self.loras) or None,
+            Lora_hashes=", ".join(f"{name}: {short}" for name, _, short in self.loras) or None,
             Version=f"noisecraft {_version()}")
 
 

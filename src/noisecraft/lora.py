@@ -1,0 +1,173 @@
+"""LoRA files (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") merged into a model.
+
+A LoRA file stores, per adapted layer, a pair of low-rank factors ``down`` [r, in] and ``up``
+[out, r] (or 4-d convolution kernels) and optionally ``alpha``; the layer's weight becomes
+
+    W + scale * (alpha / r) * up @ down
+
+(alpha defaults to r). Two naming schemes are read:
+
+* kohya / AUTOMATIC1111: ``lora_unet_<path>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``,
+  with ``<path>`` the module path with dots as underscores, in diffusers' names (SD 1.x/2.x) or the
+  original names (SDXL); text encoders as ``lora_te_`` (SD 1.x/2.x), ``lora_te1_`` / ``lora_te2_``
+  (SDXL);
+* diffusers / PEFT: ``unet.<diffusers path>.lora_A.weight`` / ``lora_B.weight`` (or
+  ``.lora.down.weight`` / ``.lora.up.weight``), ``text_encoder[_2].<path>...``.
+
+Merging changes the weights in place, so sampling costs nothing extra; the original tensors of every
+touched layer are kept so that `LoraStack.unload` restores the model exactly. Several files stack.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import keymaps
+from .errors import ModelFileError, UserError
+
+
+@dataclass
+class LoraPair:
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float | None = None
+
+    def delta(self, shape: torch.Size) -> torch.Tensor:
+        """up @ down * alpha / r, shaped like the target weight."""
+        rank = self.down.shape[0]
+        product = self.up.flatten(1).float() @ self.down.flatten(1).float()  # [out, in * kh * kw]
+        scale = self.alpha / rank if self.alpha is not None else 1.0
+        return (product * scale).reshape(shape)
+
+
+def parse_lora_file(path: str | Path) -> dict[str, LoraPair]:
+    """Read a LoRA safetensors file into {normalised layer name: LoraPair}.
+
+    Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``.
+    """
+    from .sdfiles import read_tensors
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"no LoRA file at {path}")
+    tensors, _ = read_tensors(path)
+    pairs: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        parsed = _parse_key(key)
+        if parsed is None:
+            continue
+        layer, role = parsed
+        pairs.setdefault(layer, {})[role] = tensor
+    out = {}
+    for layer, parts in pairs.items():
+        if "down" not in parts or "up" not in parts:
+            continue
+        alpha = parts.get("alpha")
+        out[layer] = LoraPair(parts["down"], parts["up"], float(alpha) if alpha is not None else None)
+    if not out:
+        kinds = sorted({k.split(".")[-2] if "." in k else k for k in list(tensors)[:50]})
+        raise ModelFileError(f"{path} holds no LoRA layers noisecraft can read (it reads kohya/A1111 lora_up/lora_down "
+                             f"and diffusers/PEFT lora_A/lora_B files; found names like {', '.join(kinds[:4])})")
+    return out
+
+
+_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
+          "lora.down.weight": "down", "lora.up.weight": "up", "alpha": "alpha"}
+_TEXT_PREFIXES = {"lora_te_": "te1", "lora_te1_": "te1", "lora_te2_": "te2"}
+_DIFFUSERS_PARTS = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
+
+
+def _parse_key(key: str) -> tuple[str, str] | None:
+    for suffix, role in _ROLES.items():
+        if key.endswith("." + suffix):
+            stem = key[: -len(suffix) - 1]
+            break
+    else:
+        return None
+    if stem.startswith("lora_unet_"):
+        return f"unet:{stem[len('lora_unet_'):]}", role
+    for prefix, part in _TEXT_PREFIXES.items():
+        if stem.startswith(prefix):
+            return f"{part}:{stem[len(prefix):]}", role
+    head, _, rest = stem.partition(".")
+    if head in _DIFFUSERS_PARTS:
+        # PEFT names carry an adapter name ("...to_q.lora_A.default_0.weight" is not used in files)
+        return f"{_DIFFUSERS_PARTS[head]}:{rest.replace('.', '_')}", role
+    return None
+
+
+def unet_targets(unet: nn.Module, num_res_blocks: int) -> dict[str, nn.Module]:
+    """Every LoRA-able layer of our UNet under its underscored original and diffusers names."""
+    targets = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and name:
+            targets[name.replace(".", "_")] = module
+            diffusers_name = keymaps.unet_ldm_to_diffusers(name + ".weight", num_res_blocks)[: -len(".weight")]
+            targets[diffusers_name.replace(".", "_")] = module
+    return targets
+
+
+@dataclass
+class LoraStack:
+    """The LoRA files merged into a pipeline's networks, and the original weights to undo them."""
+
+    loaded: list[tuple[str, float, str]] = field(default_factory=list)  # (name, scale, A1111 short hash)
+    _backup: dict[int, tuple[nn.Module, torch.Tensor]] = field(default_factory=dict)
+
+    def apply(self, path: str | Path, scale: float, targets: dict[str, dict[str, nn.Module]]) -> int:
+        """Merge one file at `scale`; returns how many layers it changed. Unknown layers are an error."""
+        pairs = parse_lora_file(path)
+        missing, plan = [], []
+        for layer, pair in pairs.items():
+            part, _, name = layer.partition(":")
+            module = targets.get(part, {}).get(name)
+            if module is None:
+                missing.append(layer)
+            elif pair.up.shape[0] * pair.down[0].numel() != module.weight.numel():
+                raise UserError(f"{Path(path).name} does not fit this model: layer {layer} has the wrong size "
+                                "(is it made for another Stable Diffusion family?)")
+            else:
+                plan.append((module, pair))
+        if missing:
+            part = missing[0].partition(":")[0]
+            what = "this model's UNet" if part == "unet" else "this model's text encoder"
+            raise UserError(f"{Path(path).name} does not fit this model: {len(missing)} of its layers are not in {what} "
+                            f"(first: {missing[0]}); is it made for another Stable Diffusion family?")
+        with torch.no_grad():
+            for module, pair in plan:
+                weight = module.weight
+                self._backup.setdefault(id(module), (module, weight.detach().to('cpu', copy=True)))
+                weight.add_((scale * pair.delta(weight.shape)).to(weight.device, weight.dtype))
+        self.loaded.append((Path(path).stem, scale, _short_hash(Path(path))))
+        return len(plan)
+
+    def unload(self) -> None:
+        """Put back every weight a LoRA touched."""
+        with torch.no_grad():
+            for module, original in self._backup.values():
+                module.weight.copy_(original)
+        self._backup.clear()
+        self.loaded.clear()
+
+
+def _short_hash(path: Path) -> str:
+    """The first 12 hex digits of the file's sha256, as AUTOMATIC1111 records LoRA files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def parse_lora_argument(text: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:SCALE`` (a Windows drive letter is not a scale)."""
+    match = re.fullmatch(r"(.+?)(?::(-?\d+(?:\.\d+)?))?", text.strip())
+    path, scale = match.group(1), match.group(2)
+    return path, float(scale) if scale is not None else 1.0

@@ -432,6 +432,24 @@ def _is_noisecraft_file(file: Path) -> bool:
     return (read_safetensors_header(file).get("__metadata__") or {}).get("format") == FORMAT
 
 
+def outpaint_canvas(image: Image.Image, sides: tuple[int, int, int, int], multiple: int = 8) -> tuple[Image.Image, Image.Image]:
+    """Outpainting as inpainting: the picture on a larger canvas, and a mask that is white on the new area.
+
+    `sides` = (left, top, right, bottom) pixels to add; the right and bottom grow further to reach a
+    multiple of `multiple`. The new area starts as the picture's edge pixels stretched outwards, so
+    the autoencoder sees plausible colours rather than a black frame.
+    """
+    left, top, right, bottom = sides
+    width, height = image.size
+    right += -(width + left + right) % multiple
+    bottom += -(height + top + bottom) % multiple
+    array = np.asarray(image.convert("RGB"))
+    canvas = np.pad(array, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    mask = np.full(canvas.shape[:2], 255, dtype=np.uint8)
+    mask[top: top + height, left: left + width] = 0
+    return Image.fromarray(canvas), Image.fromarray(mask)
+
+
 def _pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:
     """A PIL image as a [1, 3, H, W] tensor in [-1, 1], resized (Lanczos) to width x height if needed."""
     image = image.convert("RGB")

@@ -26,8 +26,17 @@ from noisecraft.checkpoints import write_safetensors
 POOLED, TIME_DIM = 32, 8  # SDXL's pooled text width and per-number sinusoid width, shrunk
 
 
-def unet_kwargs(family: str, in_channels: int = 4) -> dict:
+def unet_kwargs(family: str, in_channels: int = 4, context: int | None = None, pooled: int = POOLED) -> dict:
+    """diffusers UNet2DConditionModel arguments; `context` (cross-attention width) and `pooled` fit the text encoders."""
     common = dict(sample_size=16, in_channels=in_channels, out_channels=4, norm_num_groups=32)
+    kwargs = _family_kwargs(family, pooled)
+    if context is not None:
+        kwargs["cross_attention_dim"] = context
+    return common | kwargs
+
+
+def _family_kwargs(family: str, pooled: int) -> dict:
+    common = {}
     if family == "sd1":
         return common | dict(block_out_channels=(32, 64, 64), layers_per_block=2, cross_attention_dim=32,
                              down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -44,7 +53,7 @@ def unet_kwargs(family: str, in_channels: int = 4) -> dict:
                              up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                              transformer_layers_per_block=(1, 1, 2), attention_head_dim=[1, 2, 2],
                              use_linear_projection=True, addition_embed_type="text_time",
-                             addition_time_embed_dim=TIME_DIM, projection_class_embeddings_input_dim=POOLED + 6 * TIME_DIM)
+                             addition_time_embed_dim=TIME_DIM, projection_class_embeddings_input_dim=pooled + 6 * TIME_DIM)
     raise ValueError(family)
 
 
@@ -57,9 +66,9 @@ def randomize(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> to
     return module.eval()
 
 
-def make_unet(family: str, in_channels: int = 4, seed: int = 0) -> "diffusers.UNet2DConditionModel":
+def make_unet(family: str, in_channels: int = 4, seed: int = 0, **kwargs) -> "diffusers.UNet2DConditionModel":
     torch.manual_seed(seed)
-    return randomize(diffusers.UNet2DConditionModel(**unet_kwargs(family, in_channels)), seed=seed)
+    return randomize(diffusers.UNet2DConditionModel(**unet_kwargs(family, in_channels, **kwargs)), seed=seed)
 
 
 def make_vae(family: str, seed: int = 1) -> "diffusers.AutoencoderKL":

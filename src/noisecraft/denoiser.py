@@ -193,6 +193,6 @@ class MaskedDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         s = float(torch.as_tensor(sigma).reshape(-1)[0])
-        if s < self.sigma_start:
+        if s < self.sigma_start * (1 - 1e-5):  # samplers may pass sigma in float32: not the start sigma
             x = self.keep * (self.init + s * self.noise) + (1 - self.keep) * x
         return self.denoise(x, sigma)

@@ -36,6 +36,7 @@ from .samplers import resolve_sampler, to_vp
 
 MAX_SIDE = 4096
 MAX_STEPS = 1000
+TILE_ABOVE = 128  # latent pixels: larger images decode in tiles unless `vae_tiling` says otherwise
 BUILTIN_MODEL = Path(__file__).parent / "builtin"
 
 
@@ -104,6 +105,7 @@ class Pipeline:
         self.config, self.unet, self.vae, self.text_encoder = config, unet, vae, text_encoder
         self.device, self.dtype, self.name, self.file, self.family = device, dtype, name or config.name, file, family
         self._hash: str | None = None
+        self.vae_tiling: bool | None = None  # None: tile only images larger than TILE_ABOVE latent pixels
         ac = schedules.alphas_cumprod(schedules.betas(config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end))
         self.denoiser = Denoiser(unet, ac, prediction=config.prediction).to(device)
 
@@ -168,6 +170,34 @@ class Pipeline:
             text_encoder = clip.sd_text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
         return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=config.name, file=ckpt.file,
                    family=ckpt.family)
+
+    def enable_sequential_offload(self) -> None:
+        """Keep the weights in CPU memory and move each block to the GPU only while it runs.
+
+        For GPUs too small for the whole model: the UNet's blocks, the VAE's halves and the text
+        encoder each visit the device in turn (slower, since weights cross the bus every call).
+        """
+        device = self.device
+        if device.type == "cpu":
+            return
+
+        def visit(module):
+            module.register_forward_pre_hook(lambda m, args: m.to(device))
+            module.register_forward_hook(lambda m, args, out: m.to("cpu"))
+            module.to("cpu")
+
+        for blocks in (self.unet.input_blocks, self.unet.output_blocks):
+            for block in blocks:
+                visit(block)
+        for name in ("time_embed", "label_emb", "middle_block", "out"):
+            if hasattr(self.unet, name):
+                visit(getattr(self.unet, name))
+        if self.vae is not None:
+            for half in (self.vae.encoder, self.vae.decoder, self.vae.quant_conv, self.vae.post_quant_conv):
+                visit(half)
+        if isinstance(self.text_encoder, torch.nn.Module):
+            visit(self.text_encoder)
+        torch.cuda.empty_cache() if device.type == "cuda" else None
 
     # -- LoRA -------------------------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
@@ -271,14 +301,18 @@ class Pipeline:
                  height: int | None = None, seed: int | None = None, num_images: int = 1,
                  guidance_rescale: float = 0.0, batch_size: int = 16,
                  callback: Callable | None = None, *, init_image: Image.Image | None = None,
-                 strength: float | None = None, mask_image: Image.Image | None = None) -> list[Image.Image]:
+                 strength: float | None = None, mask_image: Image.Image | None = None,
+                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Make `num_images` pictures for `prompt`; each carries its A1111 parameters in ``image.info``.
 
         With `init_image`, start from that picture re-noised by `strength` (img2img); with
         `mask_image` as well, repaint only where the mask is white (inpainting).
         `callback(step, total_steps, x0)` is called after every sampling step of every batch; it may
         raise to interrupt. `batch_size` bounds how many images share one network call.
+        `output_type="pt"` returns the pictures as one float tensor [N, 3, H, W] in [0, 1] instead.
         """
+        if output_type not in ("pil", "pt"):
+            raise UserError(f"output_type must be 'pil' or 'pt', not {output_type!r}")
         if mask_image is not None and init_image is None:
             raise UserError("a mask needs the image it applies to (--init-image)")
         if init_image is not None and self.vae is None:
@@ -291,14 +325,15 @@ class Pipeline:
         for start in range(0, s.num_images, batch_size):
             seeds = [s.seed + k for k in range(start, min(start + batch_size, s.num_images))]
             try:
-                images += self._generate(s, seeds, callback, init, mask)
+                pixels = self._generate(s, seeds, callback, init, mask)
+                images += [pixels] if output_type == "pt" else [self._to_image(p, s, seed) for p, seed in zip(pixels, seeds)]
             except torch.OutOfMemoryError:
                 raise UserError(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
             except RuntimeError as error:
                 if "can't allocate memory" in str(error) or "out of memory" in str(error):
                     raise UserError(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
                 raise
-        return images
+        return torch.cat(images) if output_type == "pt" else images
 
     def encode_prompts(self, prompts: list[str], size: tuple[int, int] | None = None) -> dict:
         """The conditioning dict the UNet takes (`context`, `context_mask`, `y`) for a batch of prompts.
@@ -327,7 +362,8 @@ class Pipeline:
 
     @torch.no_grad()
     def _generate(self, s: Settings, seeds: list[int], callback, init: torch.Tensor | None,
-                  mask: torch.Tensor | None) -> list[Image.Image]:
+                  mask: torch.Tensor | None) -> torch.Tensor:
+        """One batch: pictures [n, C, H, W] in [0, 1] for images seeds[0..n-1]."""
         spec = resolve_sampler(s.sampler)
         n = len(seeds)
         guided = s.guidance_scale != 1.0 and self.text_encoder is not None
@@ -369,8 +405,7 @@ class Pipeline:
         x = to_vp(x, sigmas[-1])  # DDIM may stop above sigma 0
         if keep is not None:
             x = keep * image_latents + (1 - keep) * x
-        pixels = self.decode(x)
-        return [self._to_image(p, s, seed) for p, seed in zip(pixels, seeds)]
+        return self.decode(x).cpu()
 
     def _inpaint_channels(self, init, mask, noise: BatchNoise, n: int, shape) -> torch.Tensor:
         """[mask, masked-image latents] for an inpainting UNet; a blank canvas to paint in for txt2img."""
@@ -396,10 +431,12 @@ class Pipeline:
         if self.vae is not None:
             z = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
             vae_dtype = next(self.vae.parameters()).dtype
-            out = self.vae.decode(z.to(vae_dtype))
+            tiled = self.vae_tiling if self.vae_tiling is not None else max(z.shape[-2:]) > TILE_ABOVE
+            run = self.vae.decode_tiled if tiled else self.vae.decode
+            out = run(z.to(vae_dtype))
             if vae_dtype != torch.float32 and not torch.isfinite(out).all():
                 self.vae.float()
-                out = self.vae.decode(z)
+                out = run(z)
             latents = out
         return ((latents.float() + 1) / 2).clamp(0, 1)
 

@@ -261,10 +261,47 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
 
+    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
+        """`decode` in overlapping latent tiles, blended with linear ramps: bounded memory for large images.
+
+        Each tile is decoded alone (its GroupNorm statistics are its own, as in diffusers' and
+        A1111's tiled VAEs), so the result differs slightly from a whole decode, most visibly in
+        flat areas; seams are hidden by the `overlap` latent pixels of cross-fade.
+        """
+        _, _, h, w = z.shape
+        if h <= tile and w <= tile:
+            return self.decode(z)
+        f = self.config.downsample_factor
+        stride = tile - overlap
+        out = weight = None
+        for top in sorted({*range(0, max(h - tile, 0) + 1, stride), max(h - tile, 0)}):
+            for left in sorted({*range(0, max(w - tile, 0) + 1, stride), max(w - tile, 0)}):
+                piece = self.decode(z[:, :, top: top + tile, left: left + tile]).float()
+                if out is None:
+                    out = torch.zeros(z.shape[0], piece.shape[1], h * f, w * f, device=z.device)
+                    weight = torch.zeros(1, 1, h * f, w * f, device=z.device)
+                ramp = _ramp(piece.shape[-2], overlap * f, top > 0, top + tile < h, z.device)[:, None] * \
+                    _ramp(piece.shape[-1], overlap * f, left > 0, left + tile < w, z.device)[None, :]
+                rows, cols = slice(top * f, top * f + piece.shape[-2]), slice(left * f, left * f + piece.shape[-1])
+                out[:, :, rows, cols] += piece * ramp
+                weight[:, :, rows, cols] += ramp
+        return (out / weight).to(z.dtype)
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Reconstruction of x from a posterior sample, and the posterior."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
+
+
+def _ramp(n: int, fade: int, fade_in: bool, fade_out: bool, device) -> torch.Tensor:
+    """Blend weights along one side of a tile: rising over `fade` pixels where a neighbour overlaps."""
+    w = torch.ones(n, device=device)
+    steps = torch.arange(1, fade + 1, device=device, dtype=torch.float32) / (fade + 1)
+    if fade_in and fade:
+        w[:fade] = steps
+    if fade_out and fade:
+        w[-fade:] = torch.minimum(w[-fade:], steps.flip(0))
+    return w
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float = 1e-6,

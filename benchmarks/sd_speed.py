@@ -1,0 +1,168 @@
+"""noisecraft vs diffusers, side by side in one run, on the same random weights and inputs.
+
+    python benchmarks/sd_speed.py --device cpu                 # UNet forward + 20-step txt2img, small SD-structured model
+    python benchmarks/sd_speed.py --device cuda --size sd15    # SD1.5-size UNet, 64x64 latents, batch 2, bf16
+    python benchmarks/sd_speed.py --device cuda --size sdxl    # SDXL-size UNet, 128x128 latents, batch 2, bf16
+
+Rows: diffusers eager, noisecraft eager, and on CUDA also both with ``torch.compile`` and
+noisecraft's CUDA-graph sampling loop. Times are medians over repeated calls after warm-up;
+the ratio column is noisecraft / diffusers for the same setting (below 1.0: noisecraft is faster).
+Writes the table to stdout and JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+SIZES = {
+    # SD 1.x structure (4 levels, 2 res blocks, conv projections, 8 heads, 768-d context) at 1/5 width
+    "small": dict(unet=dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, cross_attention_dim=768,
+                            attention_head_dim=8), latent=32, batch=2),
+    "sd15": dict(unet=dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                           attention_head_dim=8), latent=64, batch=2),
+    "sdxl": dict(unet=dict(block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                           up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                           transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                           use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                           projection_class_embeddings_input_dim=2816), latent=128, batch=2),
+}
+
+
+def median_time(fn, device: torch.device, warmup: int = 3, repeat: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def twin_unets(size: str, device, dtype):
+    """diffusers' UNet with random weights, and noisecraft's UNet holding the very same weights."""
+    import diffusers
+
+    from noisecraft import keymaps
+    from noisecraft.models.unet import UNet
+    from noisecraft.pipeline import _build
+    from noisecraft.sdfiles import unet_config_from_diffusers
+
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**SIZES[size]["unet"]).eval()
+    config = unet_config_from_diffusers(dict(ref.config))
+    with torch.device("meta"):
+        keys = UNet(config).state_dict().keys()
+    ours = _build(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), device, dtype)
+    return ref.to(device, dtype).requires_grad_(False), ours
+
+
+def unet_rows(size: str, device, dtype, compile_: bool) -> list[dict]:
+    from noisecraft.models.unet import timestep_embedding
+
+    ref, ours = twin_unets(size, device, dtype)
+    spec = SIZES[size]
+    b, n = spec["batch"], spec["latent"]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 4, n, n, generator=g).to(device, dtype)
+    t = torch.full((b,), 500.0, device=device)
+    context = torch.randn(b, 77, ref.config.cross_attention_dim, generator=g).to(device, dtype)
+    extra, y = {}, None
+    if ref.config.addition_embed_type == "text_time":
+        pooled = torch.randn(b, 1280, generator=g).to(device, dtype)
+        ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * b, device=device)
+        extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+        y = torch.cat([pooled.float(), timestep_embedding(ids.flatten(), 256).reshape(b, -1)], 1).to(dtype)
+    rows = []
+    layouts = [("eager", False)] + ([("channels_last", True)] if device.type == "cuda" else [])
+    with torch.no_grad():
+        for label, channels_last in layouts:
+            if channels_last:
+                ref.to(memory_format=torch.channels_last)
+                ours.to(memory_format=torch.channels_last)
+            a = median_time(lambda: ref(x, t, encoder_hidden_states=context, **extra), device)
+            o = median_time(lambda: ours(x, t, context, y=y), device)
+            rows.append(dict(what=f"UNet {size} {label}", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
+        if compile_:
+            ref_c = torch.compile(ref, mode="max-autotune-no-cudagraphs")
+            ours_c = torch.compile(ours, mode="max-autotune-no-cudagraphs")
+            a = median_time(lambda: ref_c(x, t, encoder_hidden_states=context, **extra), device, warmup=5)
+            o = median_time(lambda: ours_c(x, t, context, y=y), device, warmup=5)
+            rows.append(dict(what=f"UNet {size} compiled", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
+    return rows
+
+
+def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
+    """A whole 20-step txt2img (text encoding, Euler sampling with guidance, VAE decode) on the same files."""
+    from test_sd_pipeline import build_sd_model  # noqa: PLC0415 (the parity harness's model writer)
+    import diffusers
+
+    from noisecraft.pipeline import Pipeline
+
+    single, folder = build_sd_model(tmp, "sd1", size="bench")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                                torch_dtype=dtype).to(device)
+    theirs.scheduler = diffusers.EulerDiscreteScheduler.from_config(theirs.scheduler.config)
+    theirs.set_progress_bar_config(disable=True)
+    ours = Pipeline.from_pretrained(single, device=device, dtype=dtype)
+    size = ours.config.image_size
+    prompt = "a product shot of a red teapot on a wooden table, soft light"
+
+    def run_theirs():
+        theirs(prompt, num_inference_steps=steps, guidance_scale=7.0, height=size, width=size,
+               generator=torch.Generator().manual_seed(0), output_type="pil")
+
+    def run_ours():
+        ours(prompt, steps=steps, guidance_scale=7.0, sampler="euler", seed=0)
+
+    a = median_time(run_theirs, device, warmup=1, repeat=5)
+    o = median_time(run_ours, device, warmup=1, repeat=5)
+    return [dict(what=f"txt2img {steps} steps {size}px", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default=None, choices=sorted(SIZES))
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-txt2img", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    size = args.size or ("sd15" if device.type == "cuda" else "small")
+    rows = unet_rows(size, device, dtype, compile_=device.type == "cuda" and not args.no_compile)
+    if not args.no_txt2img:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += txt2img_rows(Path(tmp), device, dtype)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {name}, {str(dtype).removeprefix('torch.')}, torch {torch.__version__}")
+    print("| what | diffusers (ms) | noisecraft (ms) | noisecraft / diffusers |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['what']} | {r['diffusers_ms']:.1f} | {r['noisecraft_ms']:.1f} | {r['ratio']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(device=name, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

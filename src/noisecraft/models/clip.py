@@ -1,0 +1,510 @@
+"""CLIP text encoders of Stable Diffusion 1.x, 2.x and SDXL, from single files or diffusers folders.
+
+DESIGN NOTE. The transformer is noisecraft's own (`CLIPTextTransformer`, ~60 lines: pre-LayerNorm
+causal transformer, Radford et al. 2021), not transformers' ``CLIPTextModel``: importing
+transformers costs 1.3-6 s on the machines measured, most of a CLI generation's start-up, and the
+model is small enough to write plainly (the same choice as the MiniLM encoder in ``text.py``).
+Its parameter names are transformers' (``text_model.encoder.layers.0.self_attn.q_proj`` ...),
+which is the layout of SD1 single files, of SDXL's first encoder and of every diffusers folder, so
+those load without a converter and LoRA keys resolve by name. OpenCLIP's layout (SD2's ViT-H and
+SDXL's ViT-bigG in single files) goes through one table of rules (`OPENCLIP_TO_HF`).
+tests/test_clip.py pins it to transformers and to diffusers' ``encode_prompt`` on the same random
+weights: token states bit-identical in fp32, SDXL's pooled vector within 5e-7 relative.
+
+The tokenizer (``clip_tokenizer.py``) is built on ``tokenizers`` from OpenAI's BPE vocabulary,
+shipped with its MIT licence, since single files carry none; a diffusers folder's own
+``tokenizer/`` is used when present.
+
+What each family feeds the UNet (as diffusers and A1111 do):
+
+* SD1: CLIP ViT-L/14, last layer after the final LayerNorm, 768 wide; pads with EOS.
+* SD2: OpenCLIP ViT-H/14, penultimate layer + final LayerNorm, 1024 wide; pads with ``!`` (id 0).
+  A single file has all 24 layers; the 24th is dropped on load, as diffusers' converter does, so a
+  diffusers folder's 23-layer encoder and a single file behave the same ("last" of 23).
+* SDXL: CLIP ViT-L penultimate (no final LayerNorm, 768) concatenated with ViT-bigG penultimate (no
+  final LayerNorm, 1280) = 2048; pooled = bigG's text_projection(final_ln(last layer)[EOS]) (1280).
+  Pads with EOS and ``!`` respectively.
+
+``clip_skip`` counts like A1111's "Clip skip": 1 is the family's default layer, 2 one layer
+earlier, ... (diffusers' ``clip_skip`` is this minus one; A1111 ignores it for SD2, noisecraft and
+diffusers apply it). Prompts use A1111's syntax, chunks and
+emphasis (`noisecraft.prompts`). Pooled vectors come from each prompt's first chunk, before
+weighting (as A1111); for SD1/SD2, where the UNet takes none, it is the final-LayerNorm EOS state.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelFileError, UserError
+from ..prompts import CHUNK, empty_chunk, emphasize, tokenize_prompt
+from .clip_tokenizer import EOS, CLIPTokenizer, read_pad_token
+from .text import TextEmbedding
+
+
+@dataclass
+class CLIPTextConfig:
+    vocab_size: int = 49408
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_width: int = 3072
+    max_positions: int = 77
+    activation: str = "quick_gelu"  # OpenAI's CLIP; OpenCLIP's models use "gelu"
+    eps: float = 1e-5
+    projection_dim: int | None = None
+
+
+class CLIPAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = (p(x).view(b, n, self.heads, d // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        h = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(h.transpose(1, 2).reshape(b, n, d))
+
+
+class CLIPLayer(nn.Module):
+    """x + attn(ln1(x)), then + fc2(act(fc1(ln2(x)))): a pre-LayerNorm transformer block."""
+
+    def __init__(self, c: CLIPTextConfig):
+        super().__init__()
+        self.quick = c.activation == "quick_gelu"
+        if c.activation not in ("quick_gelu", "gelu"):
+            raise ModelFileError(f"unsupported CLIP activation {c.activation!r}")
+        self.layer_norm1, self.layer_norm2 = nn.LayerNorm(c.width, eps=c.eps), nn.LayerNorm(c.width, eps=c.eps)
+        self.self_attn = CLIPAttention(c.width, c.heads)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(c.width, c.mlp_width), nn.Linear(c.mlp_width, c.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        h = self.mlp.fc1(self.layer_norm2(x))
+        h = h * torch.sigmoid(1.702 * h) if self.quick else nn.functional.gelu(h)
+        return x + self.mlp.fc2(h)
+
+
+class CLIPTextTransformer(nn.Module):
+    """CLIP's text tower with transformers' parameter names (``text_model.*``, ``text_projection``)."""
+
+    def __init__(self, c: CLIPTextConfig):
+        super().__init__()
+        self.config = c
+        self.text_model = tm = nn.Module()
+        tm.embeddings = nn.Module()
+        tm.embeddings.token_embedding = nn.Embedding(c.vocab_size, c.width)
+        tm.embeddings.position_embedding = nn.Embedding(c.max_positions, c.width)
+        tm.encoder = nn.Module()
+        tm.encoder.layers = nn.ModuleList(CLIPLayer(c) for _ in range(c.layers))
+        tm.final_layer_norm = nn.LayerNorm(c.width, eps=c.eps)
+        if c.projection_dim:
+            self.text_projection = nn.Linear(c.width, c.projection_dim, bias=False)
+
+    def forward(self, token_states: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden states from token embeddings [B, L, D]: the input plus positions, then each layer's output."""
+        x = token_states + self.text_model.embeddings.position_embedding.weight[: token_states.shape[1]]
+        hidden = [x]
+        for layer in self.text_model.encoder.layers:
+            hidden.append(layer(hidden[-1]))
+        return hidden
+
+    def pool(self, last: torch.Tensor, ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+        """final_ln(last layer) at each row's first EOS, through text_projection when there is one."""
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        pooled = self.text_model.final_layer_norm(last[rows, (ids == eos_id).int().argmax(dim=1)])
+        return self.text_projection(pooled) if self.config.projection_dim else pooled
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: OpenCLIP -> transformers names, single files, diffusers folders
+
+OPENCLIP_TO_HF = [  # (OpenCLIP name pattern, transformers name with its groups)
+    (r"token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
+    (r"positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    (r"ln_final\.(weight|bias)", r"text_model.final_layer_norm.\1"),
+    (r"transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm1.\2"),
+    (r"transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm2.\2"),
+    (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"text_model.encoder.layers.\1.self_attn.out_proj.\2"),
+    (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc1.\2"),
+    (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc2.\2"),
+    # in_proj holds q, k, v stacked on dim 0; OpenCLIP applies text_projection as x @ P
+    (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"text_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2"),
+    (r"text_projection", "text_projection.weight"),
+]
+OPENCLIP_IGNORED = ("logit_scale", "attn_mask", "visual.")  # not used by the text tower
+
+
+def openclip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an OpenCLIP text tower's tensors (prefix already removed) to transformers' layout."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(OPENCLIP_IGNORED):
+            continue
+        for pattern, target in OPENCLIP_TO_HF:
+            if re.fullmatch(pattern, key):
+                name = re.sub(f"^{pattern}$", target, key)
+                if "{q,k,v}" in name:
+                    for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+                        out[name.replace("{q,k,v}", part)] = chunk
+                else:
+                    out[name] = value.T.contiguous() if key == "text_projection" else value
+                break
+        else:
+            raise ModelFileError(f"unexpected OpenCLIP text-encoder tensor {key!r}; the checkpoint is not a Stable Diffusion one")
+    return out
+
+
+@dataclass(frozen=True)
+class Part:
+    """One text encoder of a family: where its weights are and which states it contributes."""
+
+    name: str  # module name; the diffusers subfolder holding its weights ("text_encoder", "text_encoder_2")
+    kohya: str  # kohya LoRA prefix ("lora_te", "lora_te1", "lora_te2")
+    single_file: tuple[str, ...]  # key prefixes in single-file checkpoints, in either layout
+    activation: str  # single files carry no config: OpenAI's CLIP uses quick_gelu, OpenCLIP gelu
+    pad: str
+    from_end: int  # hidden state used at clip skip 1, counted from the end: 1 last, 2 penultimate
+    final_norm: bool  # apply final_layer_norm to that state
+    drop_last_layer: bool = False  # single files: SD2's 24th layer is never used
+    projection: bool = False  # keep text_projection (the pooled vector of SDXL)
+
+
+FAMILIES = {
+    "sd1": (Part("text_encoder", "lora_te", ("cond_stage_model.transformer.",), "quick_gelu", EOS, 1, True),),
+    "sd2": (Part("text_encoder", "lora_te", ("cond_stage_model.model.", "cond_stage_model.transformer."), "gelu", "!",
+                 1, True, drop_last_layer=True),),
+    "sdxl": (Part("text_encoder", "lora_te1", ("conditioner.embedders.0.transformer.",), "quick_gelu", EOS, 2, False),
+             Part("text_encoder_2", "lora_te2", ("conditioner.embedders.1.model.", "conditioner.embedders.1.transformer."),
+                  "gelu", "!", 2, False, projection=True)),
+}
+
+
+def text_family(family: str) -> str:
+    """'sd1' | 'sd2' | 'sdxl' from a family name such as 'sd15', 'sd2-v', 'sd21', 'sdxl-base'."""
+    name = family.lower().replace("_", "-").replace(".", "")
+    if name.startswith("sdxl") and "refiner" not in name:
+        return "sdxl"
+    for key in ("sd2", "sd1"):
+        if name.startswith(key):
+            return key
+    raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl")
+
+
+def _hf_part_state(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """One encoder's tensors under `prefix`, in transformers' layout, whichever layout the file uses."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return openclip_to_hf(sub) if "token_embedding.weight" in sub else _hf_layout(sub)
+
+
+def _hf_layout(state: dict) -> dict[str, torch.Tensor]:
+    """transformers' names with the ``text_model.`` level (old transformers and transformers 5 save without it)."""
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def _config_from_state(state: dict, activation: str) -> CLIPTextConfig:
+    try:
+        vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
+        positions = state["text_model.embeddings.position_embedding.weight"].shape[0]
+        mlp_width = state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+    except KeyError as missing:
+        raise ModelFileError(f"the text encoder's weights lack {missing.args[0]}; the checkpoint is incomplete") from None
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers."))
+    projection = state["text_projection.weight"].shape[0] if "text_projection.weight" in state else None
+    # single files carry no head count; every CLIP text tower of Stable Diffusion uses 64-wide heads
+    return CLIPTextConfig(vocab, width, layers, width // 64, mlp_width, positions, activation, 1e-5, projection)
+
+
+def _build(config: CLIPTextConfig, state: dict, device, dtype, what: str) -> CLIPTextTransformer:
+    with torch.device("meta"):
+        model = CLIPTextTransformer(config)
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    missing, unexpected = (sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict())))
+    if missing or unexpected:
+        problem = f"lacks {', '.join(missing[:3])}" if missing else f"has unexpected tensors {', '.join(unexpected[:3])}"
+        raise ModelFileError(f"the {what} {problem}; the checkpoint is incomplete or not a Stable Diffusion one")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def sd_text_encoder_from_single_file(state: dict[str, torch.Tensor], family: str, *, device="cpu",
+                                     dtype=torch.float32) -> "SDTextEncoder":
+    """The text encoder(s) of an original-layout checkpoint (the whole state dict; other keys are ignored).
+
+    No copy is made where `state`'s tensors already have the asked dtype and device: the encoder's
+    parameters then share their memory (a checkpoint is not held twice).
+    """
+    family = text_family(family)
+    encoders = {}
+    for part in FAMILIES[family]:
+        prefix = next((p for p in part.single_file if any(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            raise ModelFileError(f"the checkpoint has no text encoder weights ({part.single_file[0]}*) for a {family} model; "
+                                 "it may be a UNet-only file or of another family")
+        sub = _hf_part_state(state, prefix)
+        if not part.projection:
+            sub.pop("text_projection.weight", None)
+        config = _config_from_state(sub, part.activation)
+        if part.drop_last_layer:
+            config.layers -= 1
+            sub = {k: v for k, v in sub.items() if not k.startswith(f"text_model.encoder.layers.{config.layers}.")}
+        encoders[part.name] = _build(config, sub, device, dtype, f"{family} text encoder ({prefix}*)")
+    return SDTextEncoder(family, encoders, CLIPTokenizer.bundled(), {p.name: p.pad for p in FAMILIES[family]})
+
+
+def sd_text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu", dtype=torch.float32) -> "SDTextEncoder":
+    """The text encoder(s) of a diffusers folder: text_encoder[_2]/ (config.json + weights), tokenizer[_2]/."""
+    folder, family = Path(folder), text_family(family)
+    encoders, pads, tokenizer = {}, {}, None
+    for part in FAMILIES[family]:
+        sub = folder / part.name
+        config_file = sub / "config.json"
+        if not config_file.is_file():
+            raise ModelFileError(f"{folder} has no {part.name}/config.json; a {family} diffusers folder needs it")
+        try:
+            c = json.loads(config_file.read_text(encoding="utf-8"))
+            config = CLIPTextConfig(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                                    c["intermediate_size"], c["max_position_embeddings"], c.get("hidden_act", "quick_gelu"),
+                                    c.get("layer_norm_eps", 1e-5),
+                                    c.get("projection_dim") if "WithProjection" in str(c.get("architectures")) else None)
+        except (ValueError, KeyError) as error:
+            raise ModelFileError(f"{config_file} is not a CLIP text config ({error}); copy the folder again") from None
+        state = _hf_layout(_read_folder_weights(sub))
+        encoders[part.name] = _build(config, state, device, dtype, f"{family} text encoder in {sub}")
+        tok_dir = folder / part.name.replace("text_encoder", "tokenizer")
+        part_tokenizer = CLIPTokenizer.from_folder(tok_dir) if tok_dir.is_dir() else CLIPTokenizer.bundled()
+        if tokenizer is not None and part_tokenizer.vocab != tokenizer.vocab:
+            raise ModelFileError(f"{folder}'s tokenizers have different vocabularies; noisecraft needs one shared CLIP vocabulary")
+        tokenizer = tokenizer or part_tokenizer
+        pads[part.name] = (read_pad_token(tok_dir) if tok_dir.is_dir() else None) or part.pad
+    return SDTextEncoder(family, encoders, tokenizer, pads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tensors safely: safetensors, or a pickle through torch.load(weights_only=True) only
+
+def _file_kind(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip-pickle"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
+        return "pickle"
+    if len(head) == 9 and 2 <= struct.unpack("<Q", head[:8])[0] <= 100 * 1024 * 1024 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+def read_tensor_file(path: str | Path) -> dict:
+    """A .safetensors file, or a legacy PyTorch file loaded with weights_only=True; no pickle code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no file at {path}")
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise ModelFileError(f"{path} is a corrupt safetensors file ({error}); download it again") from None
+    if kind == "unknown":
+        raise ModelFileError(f"{path} is neither a safetensors nor a PyTorch file; download it again")
+    if path.suffix == ".safetensors":
+        raise ModelFileError(f"{path} is named .safetensors but holds a pickle, which noisecraft does not load from "
+                             "such a file; download it again from its source")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelFileError(f"{path} holds Python objects that only running its pickle code would rebuild; noisecraft "
+                             "never runs pickles: use a .safetensors version of it") from None
+    except Exception as error:  # a truncated or corrupt archive
+        raise ModelFileError(f"{path} is a corrupt PyTorch file ({str(error).splitlines()[0][:100]}); download it again") from None
+
+
+def _read_folder_weights(sub: Path) -> dict:
+    for name in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin"):
+        if (sub / name).is_file():
+            return read_tensor_file(sub / name)
+    index = sub / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {k: v for f in files for k, v in read_tensor_file(sub / f).items()}
+    raise ModelFileError(f"{sub} has no weights (model.safetensors); copy the folder again")
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TextualInversion:
+    """An embedding: the token ids of its name and, per text encoder, the vectors that replace them."""
+
+    name: str
+    ids: tuple[int, ...]
+    vectors: dict[str, torch.Tensor]  # part name -> [n, width]
+
+    @property
+    def n_vectors(self) -> int:
+        return next(iter(self.vectors.values())).shape[0]
+
+
+class SDTextEncoder(nn.Module):
+    """Prompts -> `TextEmbedding` for a Stable Diffusion family, with A1111's prompt syntax.
+
+    Holds one or two `CLIPTextTransformer` as ``text_encoder`` / ``text_encoder_2`` (diffusers'
+    names), the shared tokenizer, each encoder's pad id, and the loaded textual-inversion
+    embeddings. ``dim`` / ``pooled_dim``: widths of ``tokens`` and ``pooled``.
+    """
+
+    def __init__(self, family: str, encoders: dict[str, CLIPTextTransformer], tokenizer: CLIPTokenizer,
+                 pads: dict[str, str], clip_skip: int = 1):
+        super().__init__()
+        self.family, self.tokenizer, self.clip_skip = family, tokenizer, clip_skip
+        self.parts = [p for p in FAMILIES[family] if p.name in encoders]
+        for name, model in encoders.items():
+            self.add_module(name, model)
+        self.pad_ids = {name: tokenizer.token_id(pad) for name, pad in pads.items()}
+        self.embeddings: dict[str, TextualInversion] = {}
+        self.name = f"clip-{family}"
+        self.dim = sum(m.config.width for m in encoders.values())
+        last = encoders[self.parts[-1].name].config
+        self.pooled_dim = last.projection_dim or last.width
+        self.max_length = CHUNK + 2
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, self.parts[0].name).text_model.final_layer_norm.weight.device
+
+    def encoder(self, name: str) -> CLIPTextTransformer:
+        return getattr(self, name)
+
+    # -- prompts -> chunks -------------------------------------------------------------------
+    def _find_embedding(self, ids: list[int], at: int):
+        for emb in sorted(self.embeddings.values(), key=lambda e: -len(e.ids)):  # longest name first, as A1111
+            if tuple(ids[at : at + len(emb.ids)]) == emb.ids:
+                return emb, emb.n_vectors, len(emb.ids)
+        return None
+
+    def chunks(self, prompt: str):
+        """The prompt's 77-token windows (`noisecraft.prompts.Chunk`), before padding to a batch."""
+        t = self.tokenizer
+        return tokenize_prompt(prompt, t.encode, bos=t.bos_id, eos=t.eos_id, comma=t.comma_id,
+                               find_embedding=self._find_embedding if self.embeddings else None)
+
+    # -- encoding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str], *, clip_skip: int | None = None) -> TextEmbedding:
+        """tokens [B, 77k, D], pooled [B, P], mask all True; every prompt padded to the same k windows."""
+        if not prompts:
+            raise UserError("give at least one prompt to encode")
+        skip = self.clip_skip if clip_skip is None else clip_skip
+        cache = {p: self.chunks(p) for p in dict.fromkeys(prompts)}
+        k = max(len(c) for c in cache.values())
+        blank = empty_chunk(self.tokenizer.bos_id, self.tokenizer.eos_id)
+        windows = [c[i] if i < len(c) else blank for p in prompts for c in [cache[p]] for i in range(k)]
+        device = self.device
+        ids = torch.tensor([w.ids for w in windows], device=device)
+        weights = torch.tensor([w.weights for w in windows], device=device)
+        eos = self.tokenizer.eos_id
+        after_eos = torch.arange(ids.shape[1], device=device) > (ids == eos).int().argmax(dim=1, keepdim=True)
+        states = []
+        for part in self.parts:
+            model = self.encoder(part.name)
+            layers = len(model.text_model.encoder.layers)
+            index = layers + 2 - part.from_end - skip  # into hidden: [embeddings, layer 1, ..., layer L]
+            if not 1 <= index <= layers:
+                raise UserError(f"clip skip must be 1 to {layers + 1 - part.from_end} for this {self.family} model, not {skip}")
+            part_ids = ids.masked_fill(after_eos, self.pad_ids[part.name])
+            x = model.text_model.embeddings.token_embedding(part_ids)
+            for row, window in enumerate(windows):
+                for at, emb in window.vectors:
+                    x[row, at : at + emb.n_vectors] = emb.vectors[part.name].to(x)
+            hidden = model(x)
+            z = model.text_model.final_layer_norm(hidden[index]) if part.final_norm else hidden[index]
+            states.append(emphasize(z.float(), weights))
+            pooled = model.pool(hidden[-1][::k], part_ids[::k], eos).float()
+        tokens = torch.cat(states, dim=-1).reshape(len(prompts), k * (CHUNK + 2), -1)
+        return TextEmbedding(tokens, pooled, torch.ones(tokens.shape[:2], dtype=torch.bool, device=device))
+
+    # -- textual inversion ---------------------------------------------------------------------
+    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
+        """Load an embedding (A1111 .safetensors/.pt, SDXL clip_l/clip_g, diffusers learned_embeds); returns its token.
+
+        The token (default: the file name without extension, or the diffusers file's own token)
+        is the text that calls it in prompts; its vectors replace that text's tokens.
+        """
+        path = Path(path)
+        data = read_tensor_file(path)
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{path} is not a textual-inversion embedding")
+        own_token, vectors = _embedding_vectors(data, path, [p.name for p in self.parts])
+        token = token or own_token or path.stem
+        ids = tuple(self.tokenizer.encode([token])[0])
+        if not ids:
+            raise UserError(f"the embedding token {token!r} has no text; give it a name")
+        for part in self.parts:
+            width = self.encoder(part.name).config.width
+            v = vectors[part.name]
+            if v.ndim != 2 or v.shape[1] != width or not 1 <= v.shape[0] <= CHUNK:
+                raise ModelFileError(f"embedding {path.name} has vectors of shape {tuple(v.shape)}; this {self.family} "
+                                     f"model's {part.name} takes [n, {width}] (it is for another model family)")
+        self.embeddings[token] = TextualInversion(token, ids, {k: v.detach().float().cpu() for k, v in vectors.items()})
+        return token
+
+    # -- LoRA ----------------------------------------------------------------------------------
+    def text_lora_targets(self) -> dict[str, nn.Linear]:
+        """The encoder layers' Linear modules by kohya LoRA name: ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``
+        (SD1/SD2), ``lora_te1_...`` / ``lora_te2_...`` (SDXL's two encoders).
+
+        diffusers/PEFT keys name modules by path, which `named_modules()` resolves as they are:
+        ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``, ``text_encoder_2.text_model...``.
+        """
+        targets = {}
+        for part in self.parts:
+            for path, module in self.encoder(part.name).named_modules():
+                if isinstance(module, nn.Linear) and path.startswith("text_model.encoder."):
+                    targets[f"{part.kohya}_{path.replace('.', '_')}"] = module
+        return targets
+
+
+def _embedding_vectors(data: dict, path: Path, parts: list[str]) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """(the file's own token or None, part name -> vectors) from the embedding formats in use."""
+    def tensor(value, what):
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(f"{path.name}: {what} is not a tensor; the file is not a textual-inversion embedding")
+        return value.reshape(-1, value.shape[-1]) if value.ndim else value  # [D] and [1, n, D] -> [n, D]
+
+    if "clip_l" in data or "clip_g" in data:  # SDXL (A1111, kohya)
+        if parts != ["text_encoder", "text_encoder_2"] or not ("clip_l" in data and "clip_g" in data):
+            raise ModelFileError(f"embedding {path.name} is for SDXL (clip_l/clip_g vectors); this model is not SDXL")
+        return None, {"text_encoder": tensor(data["clip_l"], "clip_l"), "text_encoder_2": tensor(data["clip_g"], "clip_g")}
+    own, single = None, None
+    if "emb_params" in data:  # A1111 .safetensors
+        single = tensor(data["emb_params"], "emb_params")
+    elif "string_to_param" in data:  # A1111 / original textual_inversion .pt
+        params = data["string_to_param"]
+        if not isinstance(params, dict) or len(params) != 1:
+            raise ModelFileError(f"{path.name}: string_to_param should hold one tensor")
+        single = tensor(next(iter(params.values())), "string_to_param")
+    else:  # diffusers learned_embeds: {token: vectors}
+        found = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+        if len(found) != 1:
+            raise ModelFileError(f"{path.name} is not a textual-inversion embedding (expected emb_params, string_to_param, "
+                                 "clip_l/clip_g or one token)")
+        own, value = next(iter(found.items()))
+        single = tensor(value, own)
+    if len(parts) != 1:
+        raise ModelFileError(f"embedding {path.name} has one set of vectors; an SDXL embedding needs clip_l and clip_g")
+    return own, {parts[0]: single}

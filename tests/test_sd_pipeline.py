@@ -178,3 +178,82 @@ def test_cli_generates_from_a_stable_diffusion_file(models, family, tmp_path):
     import hashlib
 
     assert params["Model hash"] == hashlib.sha256(single.read_bytes()).hexdigest()[:10]
+
+
+def test_cli_lora_on_unet_and_text_encoder_and_an_embedding(models, tmp_path):
+    """--lora changes the picture and is recorded; its text-encoder layers reach the encoder; --embedding loads."""
+    from safetensors.torch import save_file
+
+    single, _ = models("sd1")
+    pipe = Pipeline.from_pretrained(single, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, module in list(pipe.text_encoder.text_lora_targets().items())[:4]:
+        out_f, in_f = module.weight.shape
+        tensors |= {f"{name}.lora_down.weight": torch.randn(2, in_f, generator=g), f"{name}.lora_up.weight": torch.randn(out_f, 2, generator=g)}
+    for name in ("down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", "mid_block_attentions_0_proj_in"):
+        module = dict(pipe.unet.named_modules())[{"down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+                                                  "mid_block_attentions_0_proj_in": "middle_block.1.proj_in"}[name]]
+        w = module.weight
+        tensors |= {f"lora_unet_{name}.lora_down.weight": torch.randn(2, *w.shape[1:], generator=g),
+                    f"lora_unet_{name}.lora_up.weight": torch.randn(w.shape[0], 2, *w.shape[2:], generator=g)}
+    save_file(tensors, tmp_path / "style.safetensors")
+    before = pipe.encode_prompts([PROMPT])["context"]
+    assert pipe.load_lora(tmp_path / "style.safetensors", 0.5) == 6
+    assert not torch.allclose(before, pipe.encode_prompts([PROMPT])["context"])
+    pipe.unload_loras()
+    assert torch.equal(before, pipe.encode_prompts([PROMPT])["context"])
+
+    save_file({"emb_params": torch.randn(2, CLIP_L["hidden_size"], generator=g)}, tmp_path / "teapot-style.safetensors")
+    common = ["generate", "a teapot-style teapot", "--model", str(single), "--steps", "2", "--size", f"{SIZE}", "--seed", "1", "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert main(common + ["--out", str(tmp_path / "lora.png"), "--lora", f"{tmp_path / 'style.safetensors'}:0.8",
+                          "--embedding", str(tmp_path / "teapot-style.safetensors")]) == 0
+    plain, styled = Image.open(tmp_path / "plain.png"), Image.open(tmp_path / "lora.png")
+    assert not np.array_equal(np.asarray(plain), np.asarray(styled))
+    params = parse_parameters(styled.info["parameters"])
+    assert params["Lora"] == "style: 0.8" and params["Lora hashes"].startswith("style: ")
+
+
+if __name__ == "__main__":  # print the measured differences (python tests/test_sd_pipeline.py)
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    rows = []
+    for family in ("sd1", "sd2", "sdxl"):
+        single, folder = build_sd_model(tmp / family, family)
+        cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+        expected = theirs_float(cls.from_pretrained(folder), prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=10,
+                                guidance_scale=7.0, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(42))
+        for label, path in (("single file", single), ("diffusers folder", folder)):
+            image = ours_float(Pipeline.from_pretrained(path, device="cpu"), prompt=PROMPT, negative_prompt=NEGATIVE, steps=10,
+                               guidance_scale=7.0, sampler="euler", seed=42, width=SIZE, height=SIZE)
+            rows.append((f"{family} txt2img, 10 Euler steps, {label}", rel(image, expected)))
+    single, folder = build_sd_model(tmp / "v", "sd2", prediction="v")
+    theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    theirs.scheduler = diffusers.DDIMScheduler.from_config(SD_SCHEDULER, prediction_type="v_prediction")
+    expected = theirs_float(theirs, prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=7.0,
+                            height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(3))
+    image = ours_float(Pipeline.from_pretrained(single, device="cpu"), prompt=PROMPT, negative_prompt=NEGATIVE, steps=10,
+                       guidance_scale=7.0, sampler="ddim", seed=3, width=SIZE, height=SIZE)
+    rows.append(("sd2 v-prediction, 10 DDIM steps", rel(image, expected)))
+    single, folder = build_sd_model(tmp / "i2i", "sd1")
+    kwargs = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=7.0)
+    expected = theirs_float(diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(folder), image=start_picture(), strength=0.6,
+                            num_inference_steps=10, generator=torch.Generator().manual_seed(5), **kwargs)
+    image = ours_float(Pipeline.from_pretrained(single, device="cpu"), init_image=start_picture(), strength=0.6, steps=10,
+                       sampler="euler", seed=5, **kwargs)
+    rows.append(("sd1 img2img, strength 0.6", rel(image, expected)))
+    for inpaint_model in (True, False):
+        single, folder = build_sd_model(tmp / f"inp{inpaint_model}", "sd1", inpaint=inpaint_model)
+        for strength in (1.0, 0.7):
+            expected = theirs_float(diffusers.StableDiffusionInpaintPipeline.from_pretrained(folder), image=start_picture(),
+                                    mask_image=half_mask(), strength=strength, num_inference_steps=10, height=SIZE, width=SIZE,
+                                    generator=torch.Generator().manual_seed(9), **kwargs)
+            image = ours_float(Pipeline.from_pretrained(single, device="cpu"), init_image=start_picture(), mask_image=half_mask(),
+                               strength=strength, steps=10, sampler="euler", seed=9, **kwargs)
+            rows.append((f"sd1 inpainting, {'9-channel model' if inpaint_model else 'mask-blended'}, strength {strength}",
+                         rel(image, expected)))
+    print(f"{'case':60s} max rel diff")
+    for name, value in rows:
+        print(f"{name:60s} {value:.1e}")

@@ -218,6 +218,12 @@ class Pipeline:
             targets.setdefault(part, {})[rest] = module
         return self._loras.apply(path, float(scale), targets)
 
+    def load_textual_inversion(self, path: str | os.PathLike, token: str | None = None) -> str:
+        """Load a textual-inversion embedding; returns the word that calls it in prompts (default: the file's name)."""
+        if not hasattr(self.text_encoder, "load_textual_inversion"):
+            raise UserError("textual-inversion embeddings are for Stable Diffusion checkpoints; this model's text encoder takes none")
+        return self.text_encoder.load_textual_inversion(path, token)
+
     def unload_loras(self) -> None:
         if hasattr(self, "_loras"):
             self._loras.unload()

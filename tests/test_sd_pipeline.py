@@ -215,6 +215,21 @@ def test_cli_lora_on_unet_and_text_encoder_and_an_embedding(models, tmp_path):
     assert params["Lora"] == "style: 0.8" and params["Lora hashes"].startswith("style: ")
 
 
+def test_vae_swap_and_bf16(models, tmp_path):
+    """--vae replaces the checkpoint's autoencoder; bf16 runs and stays close to float32."""
+    from sd_helpers import ldm_vae
+    from safetensors.torch import save_file
+
+    single, _ = models("sd1")
+    settings = dict(prompt=PROMPT, steps=4, sampler="euler", seed=2, width=SIZE, height=SIZE)
+    base = ours_float(Pipeline.from_pretrained(single, device="cpu"), **settings)
+    save_file({k: v.contiguous() for k, v in ldm_vae(make_vae("sd1", seed=11)).items()}, tmp_path / "other-vae.safetensors")
+    swapped = ours_float(Pipeline.from_pretrained(single, device="cpu", vae=tmp_path / "other-vae.safetensors"), **settings)
+    assert np.abs(swapped - base).mean() > 0.01
+    half = ours_float(Pipeline.from_pretrained(single, device="cpu", dtype=torch.bfloat16), **settings)
+    assert np.isfinite(half).all() and np.abs(half - base).mean() < 0.05
+
+
 if __name__ == "__main__":  # print the measured differences (python tests/test_sd_pipeline.py)
     import tempfile
 

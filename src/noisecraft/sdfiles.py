@@ -271,7 +271,7 @@ def _heads_from_diffusers(config: dict, unet_config: UNetConfig) -> dict | None:
     heads = config.get("num_attention_heads") or config.get("attention_head_dim")
     if heads is None:
         return None
-    per_level = heads if isinstance(heads, list) else [heads] * len(unet_config.channel_mult)
+    per_level = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(unet_config.channel_mult)
     widths = [unet_config.model_channels * m for m in unet_config.channel_mult]
     if len(set(per_level)) == 1:
         return {"num_heads": per_level[0], "num_head_channels": -1}

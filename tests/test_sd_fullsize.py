@@ -1,0 +1,95 @@
+"""Full-size SD 1.5 and SDXL networks against diffusers/transformers (slow: run with --runslow).
+
+Random weights at the real sizes, converted to the original layout and loaded by noisecraft
+(sharing the tensors, so memory stays at one copy): UNet forward (small latents to keep CPU time
+sane), VAE decode, and the CLIP text encoders, each compared with the reference implementation.
+Tolerance: max relative difference <= 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+diffusers = pytest.importorskip("diffusers")
+
+from clip_helpers import hf_state, hf_text_model, hf_to_openclip, hf_tokenizer, prefixed  # noqa: E402
+
+from noisecraft import keymaps, sdfiles  # noqa: E402
+from noisecraft.models.clip import sd_text_encoder_from_single_file  # noqa: E402
+from noisecraft.models.unet import UNet, timestep_embedding  # noqa: E402
+from noisecraft.models.vae import AutoencoderKL  # noqa: E402
+from noisecraft.pipeline import _build  # noqa: E402
+
+TOLERANCE = 1e-4
+SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8)
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu")
+BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+             projection_dim=1280)
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def ours_from(ref) -> UNet:
+    config = sdfiles.unet_config_from_diffusers(dict(ref.config))
+    with torch.device("meta"):
+        keys = UNet(config).state_dict().keys()
+    return _build(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("name,kwargs,params", [("sd15", SD15_UNET, 859_520_964), ("sdxl", SDXL_UNET, 2_567_463_684)])
+def test_full_size_unet(name, kwargs, params):
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**kwargs).eval()
+    ours = ours_from(ref)
+    assert sum(p.numel() for p in ours.parameters()) == params
+    assert sdfiles.family_of(ours.state_dict()) == ("sdxl" if name == "sdxl" else "sd1")
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(1, 4, 32, 32, generator=g), torch.tensor([700.0])
+    context = torch.randn(1, 77, kwargs["cross_attention_dim"], generator=g)
+    extra, y = {}, None
+    if name == "sdxl":
+        pooled, ids = torch.randn(1, 1280, generator=g), torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]])
+        extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+        y = torch.cat([pooled, timestep_embedding(ids.flatten(), 256).reshape(1, -1)], 1)
+    with torch.no_grad():
+        diff = rel(ours(x, t, context, y=y), ref(x, t, encoder_hidden_states=context, **extra).sample)
+    print(f"{name} UNet max rel diff {diff:.1e}")
+    assert diff <= TOLERANCE
+
+
+def test_full_size_vae_decode():
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+    state = sdfiles._vae_from_diffusers(ref.state_dict(), "sd1")
+    vae = _build(AutoencoderKL, sdfiles.vae_config_of(state, "sd1"), state, "cpu", torch.float32)
+    z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = rel(vae.decode(z), ref.decode(z).sample)
+    print(f"SD VAE decode max rel diff {diff:.1e}")
+    assert diff <= TOLERANCE
+
+
+def test_full_size_sdxl_text_encoders():
+    l, g = hf_text_model(CLIP_L, 3), hf_text_model(BIG_G, 4, projection=True)
+    state = prefixed("conditioner.embedders.0.transformer.", hf_state(l)) | \
+        prefixed("conditioner.embedders.1.model.", hf_to_openclip(hf_state(g)))
+    ours = sd_text_encoder_from_single_file(state, "sdxl")
+    pipe = diffusers.StableDiffusionXLPipeline(vae=None, text_encoder=l, text_encoder_2=g, tokenizer=hf_tokenizer(),
+                                               tokenizer_2=hf_tokenizer("!"), unet=None, scheduler=None)
+    prompt = "a menu photo of ramen with a soft-boiled egg, overhead, natural light"
+    with torch.no_grad():
+        tokens, _, pooled, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+        emb = ours.encode([prompt])
+    print(f"SDXL text encoders max rel diff: tokens {rel(emb.tokens, tokens):.1e}, pooled {rel(emb.pooled, pooled):.1e}")
+    assert rel(emb.tokens, tokens) <= TOLERANCE and rel(emb.pooled, pooled) <= TOLERANCE

@@ -440,16 +440,16 @@ def test_pickle_with_code_is_refused(sd1, tmp_path):
         pickle.dump({"emb_params": Payload()}, f, protocol=2)
     (tmp_path / "evil.safetensors").write_bytes((tmp_path / "evil.bin").read_bytes())
     for name in ("evil.pt", "evil.bin"):
-        with pytest.raises(ModelFileError, match="never runs pickles"):
+        with pytest.raises(ModelFileError, match="refuses pickles that could run code"):
             sd1.ours.load_textual_inversion(tmp_path / name)
-    with pytest.raises(ModelFileError, match="named .safetensors but holds a pickle"):
+    with pytest.raises(ModelFileError, match="named .safetensors but is a pickle"):
         sd1.ours.load_textual_inversion(tmp_path / "evil.safetensors")
     assert not marker.exists()
     (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:100])
     with pytest.raises(ModelFileError, match="corrupt PyTorch file"):
         sd1.ours.load_textual_inversion(tmp_path / "cut.pt")
     (tmp_path / "junk.pt").write_text("hello")
-    with pytest.raises(ModelFileError, match="neither a safetensors nor a PyTorch file"):
+    with pytest.raises(ModelFileError, match="neither a safetensors file nor a PyTorch checkpoint"):
         sd1.ours.load_textual_inversion(tmp_path / "junk.pt")
 
 

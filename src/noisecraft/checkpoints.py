@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,9 @@ import torch
 from .errors import ModelFileError
 from .models.unet import UNetConfig
 from .models.vae import VAEConfig
+from .weightfiles import read_safetensors_header, sniff  # noqa: F401 (part of this module's interface)
 
 FORMAT = "noisecraft"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 @dataclass
@@ -75,41 +74,6 @@ class ModelConfig:
         data["unet"] = UNetConfig.from_dict(data["unet"]) if data.get("unet") else None
         data["vae"] = VAEConfig.from_dict(data["vae"]) if data.get("vae") else None
         return cls(**data)
-
-
-def sniff(path: Path) -> str:
-    """Name a weights file's format from its first bytes: safetensors, zip-pickle, pickle or unknown."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head[:4] == b"PK\x03\x04":
-        return "zip-pickle"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        return "pickle"
-    if len(head) >= 9:
-        (size,) = struct.unpack("<Q", head[:8])
-        if 2 <= size <= MAX_HEADER_BYTES and head[8:9] == b"{":
-            return "safetensors"
-    return "unknown"
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, read in bounded time and memory."""
-    size_on_disk = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise ModelFileError(f"{path} is not a complete safetensors file (it is {size_on_disk} bytes); download or copy it again")
-        (header_size,) = struct.unpack("<Q", raw)
-        if header_size > MAX_HEADER_BYTES or header_size + 8 > size_on_disk:
-            raise ModelFileError(f"{path} is truncated or corrupt (its header claims {header_size} bytes); download or copy it again")
-        try:
-            header = json.loads(handle.read(header_size))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ModelFileError(f"{path} has a corrupt safetensors header; download or copy it again") from None
-    ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
-    if ends and 8 + header_size + max(ends) > size_on_disk:
-        raise ModelFileError(f"{path} is truncated: its tensors need more bytes than the file has; download or copy it again")
-    return header
 
 
 def resolve_weights_file(path: str | os.PathLike) -> Path:

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from . import keymaps
-from .checkpoints import ModelConfig, read_safetensors_header, sniff
+from .checkpoints import ModelConfig
 from .errors import ModelFileError, UserError
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
+from .weightfiles import load_weights, read_safetensors_header, sniff
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -64,39 +65,13 @@ class SDCheckpoint:
 
 # -- reading tensors --------------------------------------------------------------------------
 def read_tensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a weights file and its safetensors metadata; legacy pickles only as weights."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    kind = sniff(file)
-    if kind == "safetensors":
-        header = read_safetensors_header(file)
-        try:
-            return load_file(str(file)), header.get("__metadata__") or {}
-        except SafetensorError as error:
-            raise ModelFileError(f"{file} is corrupt ({error}); download or copy it again") from None
-    if kind in ("zip-pickle", "pickle"):
-        if file.suffix.lower() == ".safetensors":
-            raise ModelFileError(f"{file} is named .safetensors but is a pickle, which can run code when loaded; noisecraft refuses it (get the real .safetensors file)")
-        return _read_legacy(file), {}
-    raise ModelFileError(f"{file} is neither a safetensors file nor a PyTorch checkpoint (corrupt or another format)")
-
-
-def _read_legacy(file: Path) -> dict[str, torch.Tensor]:
-    """A ``.ckpt``/``.pt`` through ``torch.load(weights_only=True)``: tensors in, code never run."""
-    import pickle
-
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True, mmap=sniff(file) == "zip-pickle")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{file} is a pickle that does not hold plain weights, so noisecraft will not load it "
-                             f"(it refuses pickles that could run code; {first[:160]}); use a .safetensors file") from None
+    """All tensors of a weights file (a legacy checkpoint's ``state_dict`` unwrapped) and its metadata."""
+    data, metadata = load_weights(file)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise ModelFileError(f"{file} holds no state dict of weights")
-    return {k: v for k, v in data.items() if torch.is_tensor(v)}
+    return {k: v for k, v in data.items() if torch.is_tensor(v)}, metadata
 
 
 def check_finite(tensors: dict[str, torch.Tensor], file: Path) -> None:
@@ -196,9 +171,9 @@ def prediction_of(family: str, metadata: dict, unet_config: UNetConfig, unet: di
 def _looks_like_v(config: UNetConfig, unet: dict[str, torch.Tensor]) -> bool:
     """Tell SD 2.x's 768-v models from its 512 eps ones when nothing else says (AUTOMATIC1111's probe).
 
-    At t=999 the input is nearly pure noise: an eps model predicts roughly the input back, a
-    v model roughly minus the (unknown, mean-zero) image minus... in practice, the mean of
-    (output - input) for a constant input of 0.5 is near 0 for eps models and below -1 for v models.
+    At t=999 the input is almost pure noise. An eps model predicts that noise, so for a constant
+    input of 0.5 its output stays near the input; a v model predicts v = alpha*eps - sigma*x0, which
+    for this input comes out strongly negative. A mean of (output - input) below -1 means v.
     """
     with torch.device("meta"):
         net = UNet(config)

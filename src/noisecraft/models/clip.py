@@ -35,9 +35,7 @@ weighting (as A1111); for SD1/SD2, where the UNet takes none, it is the final-La
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError, UserError
+from ..weightfiles import load_weights
 from ..prompts import CHUNK, empty_chunk, emphasize, tokenize_prompt
 from .clip_tokenizer import EOS, CLIPTokenizer, read_pad_token
 from .text import TextEmbedding
@@ -295,43 +294,9 @@ def sd_text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu"
 # ---------------------------------------------------------------------------------------------
 # Reading tensors safely: safetensors, or a pickle through torch.load(weights_only=True) only
 
-def _file_kind(path: Path) -> str:
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head[:4] == b"PK\x03\x04":
-        return "zip-pickle"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        return "pickle"
-    if len(head) == 9 and 2 <= struct.unpack("<Q", head[:8])[0] <= 100 * 1024 * 1024 and head[8:9] == b"{":
-        return "safetensors"
-    return "unknown"
-
-
-def read_tensor_file(path: str | Path) -> dict:
+def read_tensor_file(path: str | Path) -> object:
     """A .safetensors file, or a legacy PyTorch file loaded with weights_only=True; no pickle code runs."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"no file at {path}")
-    kind = _file_kind(path)
-    if kind == "safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            raise ModelFileError(f"{path} is a corrupt safetensors file ({error}); download it again") from None
-    if kind == "unknown":
-        raise ModelFileError(f"{path} is neither a safetensors nor a PyTorch file; download it again")
-    if path.suffix == ".safetensors":
-        raise ModelFileError(f"{path} is named .safetensors but holds a pickle, which noisecraft does not load from "
-                             "such a file; download it again from its source")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelFileError(f"{path} holds Python objects that only running its pickle code would rebuild; noisecraft "
-                             "never runs pickles: use a .safetensors version of it") from None
-    except Exception as error:  # a truncated or corrupt archive
-        raise ModelFileError(f"{path} is a corrupt PyTorch file ({str(error).splitlines()[0][:100]}); download it again") from None
+    return load_weights(path)[0]
 
 
 def _read_folder_weights(sub: Path) -> dict:

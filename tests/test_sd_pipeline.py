@@ -167,8 +167,11 @@ def test_inpainting_matches_diffusers(models, inpaint_model, strength):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
-def test_cli_generates_from_a_stable_diffusion_file(models, family, tmp_path):
-    single, _ = models(family)
+def test_cli_generates_from_a_stable_diffusion_file(models, family, tmp_path, capsys):
+    single, folder = models(family)
+    for path in (single, folder):
+        assert main(["info", str(path)]) == 0
+        assert f"family:      Stable Diffusion {family}" in capsys.readouterr().out
     out = tmp_path / "x.png"
     assert main(["generate", "a red teapot", "--model", str(single), "--steps", "2", "--size", f"{SIZE}",
                  "--seed", "7", "--out", str(out), "--device", "cpu"]) == 0

@@ -381,8 +381,8 @@ class Pipeline:
         shape = (self.config.unet.out_channels, s.height // f, s.width // f)
         noise = BatchNoise(seeds, self.device, self.dtype)
         sigmas = spec.sigmas(self.denoiser.sigmas.cpu(), s.steps)  # float64 on the CPU: samplers read floats
-        if init is not None:  # img2img: the last round(steps * strength) steps of the schedule (diffusers' rule)
-            sigmas = sigmas[s.steps - min(int(s.steps * s.strength), s.steps):]
+        if init is not None:  # img2img: the last floor(steps * strength) steps of the schedule (diffusers' rule), at least one
+            sigmas = sigmas[s.steps - max(1, int(s.steps * s.strength)):]
         # Each image's generator is drawn in diffusers' order: start-image latents, starting noise,
         # masked-image latents, then whatever a stochastic sampler needs.
         pure_noise = init is None or (mask is not None and s.strength == 1.0)

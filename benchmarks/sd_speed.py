@@ -38,19 +38,24 @@ SIZES = {
 }
 
 
-def median_time(fn, device: torch.device, warmup: int = 3, repeat: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
+def paired_times(theirs, ours, device: torch.device, warmup: int = 2, repeat: int = 10) -> tuple[float, float]:
+    """Median seconds of each, timed in alternation so that load on a shared machine hits both alike."""
+    def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        theirs(), ours()
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(timed(theirs))
+        b.append(timed(ours))
+    return statistics.median(a), statistics.median(b)
 
 
 def twin_unets(size: str, device, dtype):
@@ -94,14 +99,13 @@ def unet_rows(size: str, device, dtype, compile_: bool) -> list[dict]:
             if channels_last:
                 ref.to(memory_format=torch.channels_last)
                 ours.to(memory_format=torch.channels_last)
-            a = median_time(lambda: ref(x, t, encoder_hidden_states=context, **extra), device)
-            o = median_time(lambda: ours(x, t, context, y=y), device)
+            a, o = paired_times(lambda: ref(x, t, encoder_hidden_states=context, **extra), lambda: ours(x, t, context, y=y), device)
             rows.append(dict(what=f"UNet {size} {label}", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
         if compile_:
             ref_c = torch.compile(ref, mode="max-autotune-no-cudagraphs")
             ours_c = torch.compile(ours, mode="max-autotune-no-cudagraphs")
-            a = median_time(lambda: ref_c(x, t, encoder_hidden_states=context, **extra), device, warmup=5)
-            o = median_time(lambda: ours_c(x, t, context, y=y), device, warmup=5)
+            a, o = paired_times(lambda: ref_c(x, t, encoder_hidden_states=context, **extra), lambda: ours_c(x, t, context, y=y),
+                                device, warmup=5)
             rows.append(dict(what=f"UNet {size} compiled", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
     return rows
 
@@ -113,13 +117,19 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
 
     from noisecraft.pipeline import Pipeline
 
-    single, folder = build_sd_model(tmp, "sd1", size="bench")
+    from clip_helpers import CLIP_L
+
+    torch.manual_seed(0)  # SD 1.x structure at 1/5 width, f8 autoencoder at 1/2 width: 256 px pictures, 32x32 latents
+    unet = diffusers.UNet2DConditionModel(**SIZES["small"]["unet"] | {"cross_attention_dim": CLIP_L["hidden_size"]}).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=(64, 128, 256, 256), layers_per_block=2, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+    single, folder = build_sd_model(tmp, "sd1", unet=unet, vae=vae)
     theirs = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
                                                                 torch_dtype=dtype).to(device)
     theirs.scheduler = diffusers.EulerDiscreteScheduler.from_config(theirs.scheduler.config)
     theirs.set_progress_bar_config(disable=True)
     ours = Pipeline.from_pretrained(single, device=device, dtype=dtype)
-    size = ours.config.image_size
+    size = 256
     prompt = "a product shot of a red teapot on a wooden table, soft light"
 
     def run_theirs():
@@ -127,10 +137,9 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
                generator=torch.Generator().manual_seed(0), output_type="pil")
 
     def run_ours():
-        ours(prompt, steps=steps, guidance_scale=7.0, sampler="euler", seed=0)
+        ours(prompt, steps=steps, guidance_scale=7.0, sampler="euler", seed=0, width=size, height=size)
 
-    a = median_time(run_theirs, device, warmup=1, repeat=5)
-    o = median_time(run_ours, device, warmup=1, repeat=5)
+    a, o = paired_times(run_theirs, run_ours, device, warmup=1, repeat=5)
     return [dict(what=f"txt2img {steps} steps {size}px", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a)]
 
 

@@ -35,10 +35,10 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
 PROMPT, NEGATIVE = "a product shot of a red teapot, soft light", "blurry, low quality"
 
 
-def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction: str = "eps", size: str = "test"):
-    """(single file, diffusers folder) of one reduced random model of `family`."""
+def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction: str = "eps", unet=None, vae=None):
+    """(single file, diffusers folder) of one reduced random model of `family` (`unet`, `vae`: use these instead)."""
     scheduler = diffusers.EulerDiscreteScheduler.from_config(SD_SCHEDULER, prediction_type="v_prediction" if prediction == "v" else "epsilon")
-    vae = make_vae(family)
+    vae = vae or make_vae(family)
     if family == "sdxl":
         l, g = hf_text_model(CLIP_L, 3), hf_text_model(BIG_G, 4, projection=True)
         unet = make_unet(family, context=CLIP_L["hidden_size"] + BIG_G["hidden_size"], pooled=BIG_G["projection_dim"])
@@ -50,7 +50,7 @@ def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction:
         spec = CLIP_L if family == "sd1" else VIT_H
         full = hf_text_model(spec, 1)
         te = full if family == "sd1" else truncated(full, spec["num_hidden_layers"] - 1)  # SD2: penultimate layer
-        unet = make_unet(family, in_channels=9 if inpaint else 4, context=spec["hidden_size"])
+        unet = unet or make_unet(family, in_channels=9 if inpaint else 4, context=spec["hidden_size"])
         text = prefixed("cond_stage_model.transformer.", hf_state(full)) if family == "sd1" else \
             prefixed("cond_stage_model.model.", hf_to_openclip(hf_state(full)))
         pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=hf_tokenizer("!" if family == "sd2" else "<|endoftext|>"),

@@ -34,9 +34,20 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1, help="how many pictures")
     gen.add_argument("--batch-size", type=int, default=16, help="pictures per network call")
     gen.add_argument("--size", type=_size, default=None, metavar="WxH", help="picture size in pixels (model default)")
-    gen.add_argument("--model", default=None, help="model folder or .safetensors file (default: the built-in model)")
+    gen.add_argument("--model", default=None, help="noisecraft model, Stable Diffusion .safetensors/.ckpt file or diffusers folder (default: the built-in model)")
     gen.add_argument("--out", default=".", help="output .png file, or a folder (default: the current folder)")
     gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    gen.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="network precision (default: bf16 on CUDA, fp32 elsewhere)")
+    gen.add_argument("--init-image", default=None, metavar="PNG", help="start from this picture (img2img)")
+    gen.add_argument("--strength", type=float, default=None, help="img2img: how much to change the start picture, 0..1 (default 0.75)")
+    gen.add_argument("--mask", default=None, metavar="PNG", help="inpainting: repaint where this mask is white")
+    gen.add_argument("--outpaint", default=None, metavar="L,T,R,B", help="extend the start picture by these many pixels per side, painting the new area")
+    gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="merge a LoRA file (repeatable)")
+    gen.add_argument("--embedding", action="append", default=[], metavar="FILE[:WORD]", help="load a textual-inversion embedding, called by WORD (default: its file name) in the prompt (repeatable)")
+    gen.add_argument("--vae", default=None, metavar="FILE", help="use this autoencoder instead of the checkpoint's")
+    gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
+    gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")
 
     train = commands.add_parser("train", help="train a model from a TOML config", description="Train a VAE or a pixel/latent UNet.")
     train.add_argument("config", help="training config (.toml); see configs/")
@@ -61,6 +72,40 @@ def _parser() -> argparse.ArgumentParser:
     emoji.add_argument("--styles", default="google,twitter", help="comma-separated styles")
     emoji.add_argument("--size", type=int, default=64, help="image size in pixels")
     emoji.add_argument("--no-skin-tones", action="store_true", help="leave out the skin-tone variants of people and hands")
+
+    ev = commands.add_parser("eval", help="score an emoji model's prompt adherence and fidelity with a judge classifier",
+                             description="Generate pictures for a prompt list, name them with the emoji judge, and report "
+                                         "top-1/top-5 adherence and Frechet distances per sampler and step count.")
+    ev.add_argument("--model", default=None, help="model folder or .safetensors file (default: the built-in model)")
+    ev.add_argument("--data", default="data/emoji64", help="the real emoji (`noisecraft data emoji`)")
+    ev.add_argument("--judge", default="evals/judge.safetensors", help="the judge classifier (written there with --train-judge)")
+    ev.add_argument("--out", default="eval-out", help="folder for results.json, results.md, grid.png and the pictures")
+    ev.add_argument("--prompts", default="configs/emoji-eval-prompts.json", help="prompt list: names and paraphrases")
+    ev.add_argument("--images-per-prompt", type=int, default=4, help="pictures per prompt")
+    ev.add_argument("--samplers", default="ddim,euler,dpmpp_2m_karras", help="comma-separated sampler names")
+    ev.add_argument("--steps", default="10,20,50", help="comma-separated step counts")
+    ev.add_argument("--guidance", type=float, default=None, help="guidance scale (model default)")
+    ev.add_argument("--batch-size", type=int, default=16, help="pictures per network call")
+    ev.add_argument("--grid", default=None, help="where to write the sample grid PNG (default: OUT/grid.png)")
+    ev.add_argument("--quick", action="store_true", help="the model's default sampler and steps only, first 20 names and 10 paraphrases")
+    ev.add_argument("--train-judge", action="store_true", help="train the judge on --data and write it to --judge, instead of evaluating")
+    ev.add_argument("--judge-steps", type=int, default=1500, help="with --train-judge: training steps of 128 images")
+    ev.add_argument("--holdout-style", default=None, help="with --train-judge: leave this style out and report accuracy on it")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    srv = commands.add_parser("serve", help="web page + AUTOMATIC1111-compatible API",
+                              description="Serve the web page at / and an AUTOMATIC1111-compatible API under /sdapi/v1.")
+    srv.add_argument("--model", action="append", default=None, metavar="PATH",
+                     help="model folder or file; repeat to offer several (the first is the default; 'builtin' is the built-in model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    srv.add_argument("--port", type=int, default=7860, help="port (default: 7860, as A1111)")
+    srv.add_argument("--api-key", default=None, metavar="KEY", help="require this key on every API call (or set NOISECRAFT_API_KEY)")
+    srv.add_argument("--insecure", action="store_true", help="allow a non-local --host without an API key")
+    srv.add_argument("--cors-origin", action="append", default=[], metavar="URL", help="allow browser pages from this origin (repeatable)")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda, mps, or a comma list (one worker per device: cuda:0,cuda:1)")
+    srv.add_argument("--queue-size", type=int, default=16, metavar="N", help="requests that may wait; more get HTTP 429 (default: 16)")
+    srv.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default: 16)")
+    srv.add_argument("--max-size", type=int, default=None, metavar="PIXELS", help="largest width/height (default: 8x the model's size)")
     return parser
 
 
@@ -90,22 +135,75 @@ def _output_paths(out: str, prompt: str, seeds: list[int]) -> list[Path]:
     return paths
 
 
+def _open_image(path: str | None, flag: str):
+    """A picture given on the command line, or None; a missing or unreadable file is one sentence."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError):
+        raise UserError(f"{flag} {path} is not a picture noisecraft can read (use PNG, JPEG or WebP)") from None
+
+
+def _sides(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) == 1:
+        parts = parts * 4
+    try:
+        sides = tuple(int(p) for p in parts)
+    except ValueError:
+        sides = ()
+    if len(sides) != 4 or min(sides) < 0 or max(sides) == 0:
+        raise UserError(f"--outpaint takes LEFT,TOP,RIGHT,BOTTOM pixels (or one number for all sides), not {text!r}")
+    return sides
+
+
 def cmd_generate(args) -> int:
     import time
 
-    from .pipeline import Pipeline
+    import torch
+
+    from .lora import parse_lora_argument
+    from .pipeline import Pipeline, outpaint_canvas
     from .pngmeta import save_png
 
     started = time.perf_counter()
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
-    width, height = args.size if args.size else (None, None)
-    settings = pipe.settings(args.prompt, args.negative, args.steps, args.guidance, args.sampler, width, height,
-                             args.seed, args.num_images, args.rescale)
+    init, mask = _open_image(args.init_image, "--init-image"), _open_image(args.mask, "--mask")
+    sides = _sides(args.outpaint) if args.outpaint else None
+    if sides and init is None:
+        raise UserError("--outpaint extends a picture; give it with --init-image")
+    if sides and mask is not None:
+        raise UserError("--outpaint makes its own mask; leave out --mask")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}[args.dtype]
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype, vae=args.vae, prediction=args.prediction)
+    if args.vae_tiling:
+        pipe.vae_tiling = True
+    if args.offload:
+        pipe.enable_sequential_offload()
+    if sides:
+        init, mask = outpaint_canvas(init, sides, pipe.size_factor)
+        args.strength = 1.0 if args.strength is None else args.strength
+    for item in args.lora:
+        path, scale = parse_lora_argument(item)
+        pipe.load_lora(path, scale)
+    for item in args.embedding:
+        head, sep, word = item.rpartition(":")
+        path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
+        pipe.load_textual_inversion(path, word)
+    width, height = args.size if args.size else (None, None)
+    settings = pipe.settings(args.prompt, args.negative, args.steps, args.guidance, args.sampler, width, height,
+                             args.seed, args.num_images, args.rescale, args.strength, init.size if init else None)
     images = pipe(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale, settings.sampler,
                   settings.width, settings.height, settings.seed, settings.num_images, settings.guidance_rescale,
-                  batch_size=args.batch_size)
+                  batch_size=args.batch_size, init_image=init, strength=settings.strength, mask_image=mask)
     paths = _output_paths(args.out, settings.prompt, [settings.seed + k for k in range(len(images))])
     for image, path in zip(images, paths):
         save_png(image, path)
@@ -150,11 +248,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoints import load_model_file, model_hash
-    from .pipeline import BUILTIN_MODEL
+    from . import sdfiles
+    from .checkpoints import load_model_file, model_hash, resolve_weights_file
+    from .pipeline import BUILTIN_MODEL, _is_noisecraft_file
 
-    path = args.model or BUILTIN_MODEL
-    config, parts, file = load_model_file(path)
+    path = Path(args.model).expanduser() if args.model else BUILTIN_MODEL
+    if sdfiles.is_diffusers_folder(path):
+        ckpt = sdfiles.load_diffusers_folder(path)
+    elif not _is_noisecraft_file(resolve_weights_file(path)) and sdfiles.is_sd_single_file(resolve_weights_file(path)):
+        ckpt = sdfiles.load_single_file(resolve_weights_file(path))
+    else:
+        ckpt = None
+    if ckpt is not None:
+        config, parts, file = ckpt.config, ckpt.parts, ckpt.file
+        print(f"family:      Stable Diffusion {ckpt.family}{' (inpainting)' if config.unet.in_channels > config.unet.out_channels else ''}")
+    else:
+        config, parts, file = load_model_file(path)
     counts = {part: sum(t.numel() for t in state.values()) for part, state in parts.items()}
     dtypes = {part: sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}) for part, state in parts.items()}
     print(f"file:        {file} ({file.stat().st_size / 1e6:.1f} MB, hash {model_hash(file)})")
@@ -190,7 +299,44 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "info": cmd_info, "samplers": cmd_samplers, "data": cmd_data}
+def cmd_eval(args) -> int:
+    from .eval.run import run_eval
+    from .eval.train_judge import train_judge_command
+
+    if args.train_judge:
+        if args.judge_steps < 1:
+            raise UserError("--judge-steps must be at least 1")
+        train_judge_command(args.data, args.judge, steps=args.judge_steps, holdout_style=args.holdout_style)
+        return 0
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps takes comma-separated whole numbers like 10,20,50, not {args.steps!r}") from None
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    if not steps or not samplers:
+        raise UserError("--samplers and --steps each need at least one value")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    run_eval(model=args.model, data=args.data, judge=args.judge, out=args.out, prompts_file=args.prompts,
+             images_per_prompt=args.images_per_prompt, samplers=samplers, steps=steps, guidance=args.guidance,
+             batch_size=args.batch_size, device=args.device, grid_path=args.grid, quick=args.quick)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from .server import ServeOptions, serve
+
+    devices = [d.strip() for d in args.device.split(",") if d.strip()] or ["auto"]
+    return serve(ServeOptions(models=args.model, host=args.host, port=args.port,
+                              api_key=args.api_key or os.environ.get("NOISECRAFT_API_KEY") or None, insecure=args.insecure,
+                              cors_origins=args.cors_origin, devices=devices, queue_size=args.queue_size,
+                              max_images=args.max_images, max_side=args.max_size))
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "info": cmd_info, "samplers": cmd_samplers, "data": cmd_data,
+            "eval": cmd_eval, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

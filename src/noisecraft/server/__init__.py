@@ -1,0 +1,103 @@
+"""`noisecraft serve`: the web page and an AUTOMATIC1111-compatible HTTP API over `Pipeline`.
+
+    app.py       routes: /sdapi/v1/*, /queue, /info, the page at /
+    worker.py    jobs, the bounded FIFO queue, one worker thread per device
+    schemas.py   A1111 request/response JSON, validation into a Plan, PNG/base64
+    catalog.py   the models a server offers, by name
+    security.py  the API key and the refusal to listen openly without one
+    static/      the web page (plain HTML, CSS and JavaScript; no build step)
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .security import check_exposure
+
+__all__ = ["ServeOptions", "serve", "check_exposure"]
+
+
+@dataclass
+class ServeOptions:
+    models: list[str] | None = None  # paths; None: the built-in model
+    host: str = "127.0.0.1"
+    port: int = 7860
+    api_key: str | None = None
+    insecure: bool = False
+    cors_origins: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    queue_size: int = 16
+    max_images: int = 16
+    max_side: int | None = None
+    log_level: str = "info"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Listen before loading models, so a taken port fails fast with one sentence."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535, not {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        raise UserError(f"--host {host} is not an address or a name this machine can resolve") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port or stop what uses it") from None
+    return sock
+
+
+def serve(options: ServeOptions) -> int:
+    """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
+    import uvicorn
+
+    from .app import ServerSettings, create_app
+    from .catalog import Catalog
+    from .schemas import Limits
+    from .worker import WorkerPool
+
+    check_exposure(options.host, options.api_key, options.insecure)
+    from ..pipeline import pick_device
+
+    for device in options.devices:
+        try:
+            pick_device(device)
+        except (RuntimeError, ValueError) as error:
+            if isinstance(error, UserError):
+                raise
+            raise UserError(f"--device {device} is not a device PyTorch knows; use auto, cpu, cuda, cuda:N or mps") from None
+    if options.max_images < 1:
+        raise UserError(f"--max-images must be at least 1, not {options.max_images}")
+    sock = bind(options.host, options.port)
+    logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
+    try:
+        catalog = Catalog.from_paths(options.models)
+        pool = WorkerPool(catalog, options.devices, options.queue_size)
+        pool.start()
+    except BaseException:
+        sock.close()
+        raise
+    settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
+                              limits=Limits(max_images=options.max_images, max_side=options.max_side))
+    app = create_app(pool, settings)
+    port = sock.getsockname()[1]
+    shown = f"[{options.host}]" if ":" in options.host else options.host
+    print(f"noisecraft: serving {catalog.default.title} at http://{shown}:{port}/ (A1111 API under /sdapi/v1, docs at /docs"
+          f"{'; API key required' if settings.api_key else ''}). Ctrl+C stops.", file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=3))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after a clean shutdown: the normal way to stop
+        pass
+    finally:
+        pool.stop()
+        sock.close()
+    print("noisecraft: stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,85 @@
+"""The server driven by a real A1111 client, unchanged: PyPI's `webuiapi` (`WebUIApi(host, port)`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import webuiapi
+from PIL import Image
+
+from noisecraft.server.app import ServerSettings
+
+from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
+
+KEY = "shop-key-5d1c9a"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("webuiapi-models")
+
+
+@pytest.fixture(scope="module")
+def server(root):
+    text_model, other = model_file(root, "pixel", text=True), model_file(root, "pixel", text=False, seed=1)
+    pipe = cached_pipeline(text_model)
+    models = {entry_for(text_model, "emoji-tiny"): pipe, entry_for(other, "other-tiny"): cached_pipeline(other)}
+    with running_server(make_pool(models)) as url:
+        yield int(url.rsplit(":", 1)[1]), pipe, list(models)
+
+
+def test_txt2img_images_seeds_and_info(server):
+    port, pipe, _ = server
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+    result = api.txt2img(prompt="a red square", negative_prompt="blurry", seed=11, width=16, height=32, steps=3,
+                         cfg_scale=4, batch_size=2, n_iter=2, sampler_name="Euler a")
+    assert len(result.images) == 4
+    assert all(image.size == (16, 32) and image.format == "PNG" for image in result.images)
+    assert result.info["all_seeds"] == [11, 12, 13, 14] and result.info["seed"] == 11
+    assert result.info["infotexts"][3] == result.images[3].info["parameters"]
+    assert "Seed: 14," in result.images[3].info["parameters"] and "Sampler: Euler a" in result.images[3].info["parameters"]
+    assert result.parameters["prompt"] == "a red square"
+    alone = pipe("a red square", "blurry", steps=3, guidance_scale=4, sampler="Euler a", width=16, height=32, seed=13)[0]
+    assert np.array_equal(np.asarray(result.images[2]), np.asarray(alone))
+
+
+def test_samplers_models_options_progress_and_interrupt(server, capsys):
+    port, _, entries = server
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+    assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(api.util_get_sampler_names())
+    assert api.util_get_model_names() == sorted(e.title for e in entries)
+    assert api.util_get_current_model() == entries[0].title
+    api.util_set_model("other-tiny")
+    assert api.util_get_current_model() == entries[1].title
+    result = api.txt2img(prompt="", seed=1, width=16, height=16, steps=2)
+    assert result.info["sd_model_hash"] == entries[1].hash
+    api.util_set_model(entries[0].title)
+    progress = api.get_progress()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+    assert api.interrupt() == {"interrupted": 0}
+    api.util_wait_for_ready(check_interval=0.05)
+
+
+def test_img2img_with_a_mask(root):
+    path = model_file(root, "latent", text=False)
+    with running_server(make_pool({entry_for(path): cached_pipeline(path)})) as url:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+        init = Image.new("RGB", (16, 16), (30, 60, 220))
+        mask = Image.new("L", (16, 16), 0)
+        mask.paste(255, (0, 0, 8, 16))
+        result = api.img2img(images=[init], mask_image=mask, prompt="", seed=5, width=16, height=16, steps=4,
+                             denoising_strength=0.6, sampler_name="Euler")
+    assert len(result.images) == 1 and result.images[0].size == (16, 16)
+    assert result.info["denoising_strength"] == 0.6 and "Denoising strength: 0.6" in result.images[0].info["parameters"]
+
+
+def test_basic_auth_as_a1111_clients_send_it(root):
+    path = model_file(root, "pixel", text=False)
+    with running_server(make_pool({entry_for(path): cached_pipeline(path)}), ServerSettings(api_key=KEY)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        result = webuiapi.WebUIApi(host="127.0.0.1", port=port, username="shop", password=KEY).txt2img(
+            prompt="", seed=2, width=16, height=16, steps=2)
+        assert result.images[0].size == (16, 16)
+        with pytest.raises(RuntimeError) as refused:
+            webuiapi.WebUIApi(host="127.0.0.1", port=port).txt2img(prompt="", width=16, height=16, steps=2)
+        assert refused.value.args[0] == 401 and KEY not in refused.value.args[1]

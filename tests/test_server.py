@@ -188,7 +188,7 @@ def test_field_of_names_the_field_of_every_pipeline_settings_error(server):
     for kwargs, field in cases:
         with pytest.raises(Exception) as caught:
             pipe.settings(**({"prompt": "x"} | kwargs))
-        assert field_of(str(caught.value)) == (field,), (kwargs, str(caught.value))
+        assert field_of(caught.value) == (field,), (kwargs, str(caught.value))
 
 
 # -- img2img ---------------------------------------------------------------------------------------

@@ -1,13 +1,22 @@
-"""The one exception type that means "the user asked for something we cannot do".
+"""The exception types that mean "the user asked for something we cannot do".
 
-Its message is a single sentence that says what to change. The CLI prints it and
-exits non-zero; the server turns it into a 4xx. Anything else is a bug or a fault.
+Their message is a single sentence that says what to change. The CLI prints it and exits
+non-zero; the server turns it into a 4xx (422 naming `field` when there is one, 507 for
+`OutOfMemory`). Anything else is a bug or a fault.
 """
 
 
 class UserError(ValueError):
-    """A mistake in the user's input, explained in one sentence."""
+    """A mistake in the user's input, explained in one sentence; `field` names the setting at fault, if one is."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ModelFileError(UserError):
     """A model file that is missing, corrupt, unsafe or not understood."""
+
+
+class OutOfMemory(UserError):
+    """The request does not fit in memory; a smaller size or fewer images would."""

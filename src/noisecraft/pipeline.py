@@ -27,7 +27,7 @@ from . import schedules
 from . import sdfiles
 from .checkpoints import FORMAT, ModelConfig, load_model_file, model_hash, read_safetensors_header, resolve_weights_file, sniff
 from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
-from .errors import UserError
+from .errors import OutOfMemory, UserError
 from .models.text import TextEmbedding, load_text_encoder
 from .models.unet import UNet, timestep_embedding
 from .models.vae import AutoencoderKL
@@ -261,43 +261,46 @@ class Pipeline:
         """
         defaults = self.config.defaults
         if not isinstance(prompt, str):
-            raise UserError("the prompt must be text")
+            raise UserError("the prompt must be text", field="prompt")
         if self.text_encoder is not None and not prompt.strip():
-            raise UserError("the prompt is empty; describe the picture you want")
+            raise UserError("the prompt is empty; describe the picture you want", field="prompt")
         steps = defaults.get("steps", 20) if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-            raise UserError(f"steps must be a whole number from 1 to {MAX_STEPS}, not {steps!r}")
+            raise UserError(f"steps must be a whole number from 1 to {MAX_STEPS}, not {steps!r}", field="steps")
         guidance_scale = float(defaults.get("guidance_scale", 5.0) if guidance_scale is None else guidance_scale)
         if not (0.0 <= guidance_scale <= 100.0):
-            raise UserError(f"guidance scale must be a number from 0 to 100, not {guidance_scale}")
+            raise UserError(f"guidance scale must be a number from 0 to 100, not {guidance_scale}", field="guidance_scale")
         if not (0.0 <= float(guidance_rescale) <= 1.0):
-            raise UserError(f"guidance rescale must be from 0 to 1, not {guidance_rescale}")
-        spec = resolve_sampler(sampler or defaults.get("sampler", "dpmpp_2m_karras"))
+            raise UserError(f"guidance rescale must be from 0 to 1, not {guidance_rescale}", field="guidance_rescale")
+        try:
+            spec = resolve_sampler(sampler or defaults.get("sampler", "dpmpp_2m_karras"))
+        except UserError as error:
+            raise UserError(str(error), field="sampler") from None
         factor = self.size_factor
         if init_size is not None:  # default to the start image's size, rounded down to what the model takes
             width = max(factor, init_size[0] // factor * factor) if width is None else width
             height = max(factor, init_size[1] // factor * factor) if height is None else height
             strength = 0.75 if strength is None else strength
             if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < float(strength) <= 1.0:
-                raise UserError(f"strength (denoising strength) must be a number above 0 and at most 1, not {strength!r}")
+                raise UserError(f"strength (denoising strength) must be a number above 0 and at most 1, not {strength!r}", field="strength")
             strength = float(strength)
         elif strength is not None:
-            raise UserError("strength only applies with a start image (--init-image)")
+            raise UserError("strength only applies with a start image (--init-image)", field="strength")
         width = self.config.image_size if width is None else width
         height = self.config.image_size if height is None else height
         for label, side in (("width", width), ("height", height)):
             if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
-                raise UserError(f"{label} must be a positive whole number of pixels, not {side!r}")
+                raise UserError(f"{label} must be a positive whole number of pixels, not {side!r}", field=label)
             if side % factor:
-                raise UserError(f"{label} {side} is not a multiple of {factor}, which this model needs; try {max(factor, round(side / factor) * factor)}")
+                raise UserError(f"{label} {side} is not a multiple of {factor}, which this model needs; try {max(factor, round(side / factor) * factor)}", field=label)
             if side > MAX_SIDE:
-                raise UserError(f"{label} {side} is larger than the {MAX_SIDE} pixels noisecraft allows; lower --size")
+                raise UserError(f"{label} {side} is larger than the {MAX_SIDE} pixels noisecraft allows; lower --size", field=label)
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise UserError(f"the number of images must be a whole number of at least 1, not {num_images!r}")
+            raise UserError(f"the number of images must be a whole number of at least 1, not {num_images!r}", field="num_images")
         if seed is None or seed == -1:
             seed = random.randrange(2**32)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise UserError(f"seed must be a whole number from 0 (or -1 for random), not {seed!r}")
+            raise UserError(f"seed must be a whole number from 0 (or -1 for random), not {seed!r}", field="seed")
         return Settings(prompt, negative_prompt or "", steps, guidance_scale, float(guidance_rescale), spec.name,
                         width, height, seed, num_images, strength)
 
@@ -320,9 +323,9 @@ class Pipeline:
         if output_type not in ("pil", "pt"):
             raise UserError(f"output_type must be 'pil' or 'pt', not {output_type!r}")
         if mask_image is not None and init_image is None:
-            raise UserError("a mask needs the image it applies to (--init-image)")
+            raise UserError("a mask needs the image it applies to (--init-image)", field="mask_image")
         if init_image is not None and self.vae is None:
-            raise UserError("img2img needs a latent model with an autoencoder; this pixel model has none")
+            raise UserError("img2img needs a latent model with an autoencoder; this pixel model has none", field="init_image")
         s = self.settings(prompt, negative_prompt, steps, guidance_scale, sampler, width, height, seed, num_images,
                           guidance_rescale, strength, init_image.size if init_image is not None else None)
         init = _pixels(init_image, s.width, s.height) if init_image is not None else None
@@ -334,10 +337,10 @@ class Pipeline:
                 pixels = self._generate(s, seeds, callback, init, mask)
                 images += [pixels] if output_type == "pt" else [self._to_image(p, s, seed) for p, seed in zip(pixels, seeds)]
             except torch.OutOfMemoryError:
-                raise UserError(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
+                raise OutOfMemory(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
             except RuntimeError as error:
                 if "can't allocate memory" in str(error) or "out of memory" in str(error):
-                    raise UserError(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
+                    raise OutOfMemory(f"out of memory making {len(seeds)} images of {s.width}x{s.height}; lower the size, the number of images or the batch size") from None
                 raise
         return torch.cat(images) if output_type == "pt" else images
 

@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -114,30 +113,17 @@ class Plan:
         return f"{self.count} image(s) of {self.kwargs['width']}x{self.kwargs['height']}"
 
 
-# A sentence from Pipeline.settings -> the A1111 field it is about (first match wins).
-_FIELD_OF = [
-    (re.compile(r"\bsampler\b"), "sampler_name"),
-    (re.compile(r"^(negative prompt|the negative)"), "negative_prompt"),
-    (re.compile(r"\bprompt\b"), "prompt"),
-    (re.compile(r"^steps\b"), "steps"),
-    (re.compile(r"^guidance scale"), "cfg_scale"),
-    (re.compile(r"^guidance rescale"), "guidance_rescale"),
-    (re.compile(r"^width\b"), "width"),
-    (re.compile(r"^height\b"), "height"),
-    (re.compile(r"number of images"), "batch_size"),
-    (re.compile(r"^seed\b"), "seed"),
-    (re.compile(r"strength"), "denoising_strength"),
-    (re.compile(r"\bmask\b"), "mask"),
-    (re.compile(r"img2img|start image|init"), "init_images"),
-]
+# Pipeline's names for its settings -> the A1111 request fields they come from.
+_A1111_FIELD = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "guidance_scale": "cfg_scale",
+                "guidance_rescale": "guidance_rescale", "sampler": "sampler_name", "width": "width", "height": "height",
+                "num_images": "batch_size", "seed": "seed", "strength": "denoising_strength", "mask_image": "mask",
+                "init_image": "init_images"}
 
 
-def field_of(message: str) -> tuple:
-    """The request field a `UserError` sentence from `Pipeline.settings` is about, as a 422 `loc`."""
-    for pattern, name in _FIELD_OF:
-        if pattern.search(message):
-            return (name,)
-    return ()
+def field_of(error: UserError) -> tuple:
+    """The request field a `UserError` from `Pipeline` is about, as a 422 `loc` (empty when none)."""
+    name = _A1111_FIELD.get(error.field or "")
+    return (name,) if name else ()
 
 
 def resolve_sampler_field(req: GenerationRequest) -> str | None:
@@ -189,7 +175,7 @@ def build_plan(pipe, req: GenerationRequest, limits: Limits, init_image: Image.I
         s = pipe.settings(req.prompt or "", req.negative_prompt or "", req.steps, req.cfg_scale, sampler, req.width,
                           req.height, seed, count, req.guidance_rescale, **img2img)
     except UserError as error:
-        raise FieldError(field_of(str(error)) or "body", str(error)) from None
+        raise FieldError((field_of(error) or ("body",))[0], str(error)) from None
     for name in ("width", "height"):  # a default taken from the start image
         if getattr(s, name) > max_side:
             raise FieldError(name, f"{name} {getattr(s, name)} is larger than the {max_side} pixels this server allows for this model")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import UserError
+from ..errors import OutOfMemory, UserError
 from .catalog import Catalog, ModelEntry
 
 log = logging.getLogger("noisecraft.server")
@@ -309,15 +309,14 @@ class Worker:
             failure = Failure(422, str(error), error.loc)
         except (torch.OutOfMemoryError, MemoryError):
             failure = Failure(507, _oom_message(job))
+        except OutOfMemory as error:
+            failure = Failure(507, str(error))
         except _LoadFailed as error:
             failure = Failure(500, str(error))
         except UserError as error:
-            if "out of memory" in str(error):  # Pipeline turns OOM into a UserError with this sentence
-                failure = Failure(507, str(error))
-            else:
-                from .schemas import field_of
+            from .schemas import field_of
 
-                failure = Failure(422, str(error), field_of(str(error)))
+            failure = Failure(422, str(error), field_of(error))
         except Exception as error:  # a fault in this job only: say so, keep serving
             log.exception("job %s failed", job.id)
             failure = Failure(500, f"generation failed with an internal error ({type(error).__name__}: {str(error)[:200]}); "

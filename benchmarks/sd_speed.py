@@ -99,7 +99,8 @@ def unet_rows(size: str, device, dtype, compile_: bool) -> list[dict]:
             if channels_last:
                 ref.to(memory_format=torch.channels_last)
                 ours.to(memory_format=torch.channels_last)
-            a, o = paired_times(lambda: ref(x, t, encoder_hidden_states=context, **extra), lambda: ours(x, t, context, y=y), device)
+            a, o = paired_times(lambda: ref(x, t, encoder_hidden_states=context, **extra), lambda: ours(x, t, context, y=y), device,
+                                repeat=10 if device.type == "cpu" else 20)
             rows.append(dict(what=f"UNet {size} {label}", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
         if compile_:
             ref_c = torch.compile(ref, mode="max-autotune-no-cudagraphs")
@@ -119,7 +120,7 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
 
     from clip_helpers import CLIP_L
 
-    torch.manual_seed(0)  # SD 1.x structure at 1/5 width, f8 autoencoder at 1/2 width: 256 px pictures, 32x32 latents
+    torch.manual_seed(0)  # SD 1.x structure at 1/5 width, f8 autoencoder at 1/2 width: 256 px pictures, 32x32 latents (CPU: 128 px)
     unet = diffusers.UNet2DConditionModel(**SIZES["small"]["unet"] | {"cross_attention_dim": CLIP_L["hidden_size"]}).eval()
     vae = diffusers.AutoencoderKL(block_out_channels=(64, 128, 256, 256), layers_per_block=2, latent_channels=4,
                                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
@@ -129,7 +130,7 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
     theirs.scheduler = diffusers.EulerDiscreteScheduler.from_config(theirs.scheduler.config)
     theirs.set_progress_bar_config(disable=True)
     ours = Pipeline.from_pretrained(single, device=device, dtype=dtype)
-    size = 256
+    size = 256 if device.type == "cuda" else 128
     prompt = "a product shot of a red teapot on a wooden table, soft light"
 
     def run_theirs():
@@ -139,7 +140,7 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
     def run_ours():
         ours(prompt, steps=steps, guidance_scale=7.0, sampler="euler", seed=0, width=size, height=size)
 
-    a, o = paired_times(run_theirs, run_ours, device, warmup=1, repeat=5)
+    a, o = paired_times(run_theirs, run_ours, device, warmup=1, repeat=3 if device.type == "cpu" else 5)
     return [dict(what=f"txt2img {steps} steps {size}px", diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a)]
 
 

@@ -1,0 +1,204 @@
+"""`noisecraft eval`: how well a text-to-emoji model follows prompts, judged by a classifier.
+
+For every (sampler, steps) configuration, the model draws `images_per_prompt` pictures for each
+prompt of a checked-in list (plain CLDR names, and paraphrases that appear in no caption), with
+fixed seeds: prompt i uses seeds ``i * images_per_prompt + k``. The judge (`judge.py`) names each
+picture; the prompt-adherence scores are the top-1 / top-5 rates at which it names the intended
+emoji. Fidelity is the Frechet distance between judge features of all generated pictures of a
+configuration and all real images, beside two floors measured the same way:
+
+* ``fd_floor_random``: a random real subset of the same size as the generated set, against all
+  real images (the small-sample bias alone; mean of 3 draws);
+* ``fd_floor_copy``: the real images of the intended emoji, one per generated picture (styles
+  alternating), against all real images: what a model that reproduced its training images would
+  score on this prompt list. This is the floor a generated set can reach.
+
+Generated pictures are cached as PNGs (with their A1111 parameters) under ``OUT/images/``; a rerun
+reuses a picture only when its stored parameters match, so an interrupted eval resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..pngmeta import read_parameters, save_png
+from ..samplers import resolve_sampler
+from .judge import Judge, judge_batches, load_judge
+from .metrics import frechet_distance, topk_hits
+from .train_judge import check_data_folder, load_real_set
+from .report import markdown_report, sample_grid
+
+GROUPS = ("names", "paraphrases")
+
+
+@dataclass
+class Prompt:
+    text: str
+    target: str  # CLDR name of the intended emoji
+    group: str  # "names" or "paraphrases"
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """The prompt list: ``{"names": [CLDR name, ...], "paraphrases": {text: CLDR name, ...}}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        prompts = [Prompt(n, n, "names") for n in data["names"]]
+        prompts += [Prompt(text, target, "paraphrases") for text, target in data["paraphrases"].items()]
+    except FileNotFoundError:
+        raise UserError(f"no prompt list at {path}; pass --prompts PATH") from None
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} must be JSON with 'names' (a list) and 'paraphrases' (text -> CLDR name)") from None
+    return prompts
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prompt: int, folder: Path,
+                 guidance: float | None = None, batch_size: int = 16, log=print) -> tuple[torch.Tensor, float | None, int]:
+    """All pictures of one configuration as uint8 [N, 3, H, W], prompt-major; also the measured seconds
+    per picture (kept in ``folder/timing.json``, so a resumed or cached run still reports the time
+    the pictures took) and the number of pictures made now (cached ones cost nothing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    timing_file = folder / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    images, made = [], 0
+    for i, prompt in enumerate(prompts):
+        seed = i * per_prompt
+        s = pipe.settings(prompt.text, "", steps, guidance, sampler, seed=seed, num_images=per_prompt)
+        paths = [folder / f"{i:03d}-{_slug(prompt.text)}-{seed + k}.png" for k in range(per_prompt)]
+        if all(p.exists() and read_parameters(p) == pipe.parameters_text(s, seed + k) for k, p in enumerate(paths)):
+            pictures = [Image.open(p) for p in paths]
+        else:
+            started = time.perf_counter()
+            pictures = pipe(s.prompt, "", s.steps, s.guidance_scale, s.sampler, seed=s.seed, num_images=per_prompt,
+                            batch_size=batch_size)
+            timing[paths[0].stem] = [time.perf_counter() - started, len(pictures)]
+            made += len(pictures)
+            for picture, path in zip(pictures, paths):
+                save_png(picture, path)
+            timing_file.write_text(json.dumps(timing))
+        images += [torch.from_numpy(np.asarray(p.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1) for p in pictures]
+        if (i + 1) % 10 == 0:
+            log(f"  {sampler} x {steps}: {i + 1}/{len(prompts)} prompts")
+    timed = [timing[p] for p in (f"{i:03d}-{_slug(q.text)}-{i * per_prompt}" for i, q in enumerate(prompts)) if p in timing]
+    per_image = sum(t for t, _ in timed) / sum(n for _, n in timed) if timed else None
+    return torch.stack(images), per_image, made
+
+
+def adherence(logits: torch.Tensor, targets: torch.Tensor, groups: list[str]) -> dict:
+    """Top-1 / top-5 rates per prompt group (names, paraphrases), over pictures."""
+    top1, top5 = topk_hits(logits, targets, 1), topk_hits(logits, targets, 5)
+    result = {}
+    for group in GROUPS:
+        mask = torch.tensor([g == group for g in groups])
+        if mask.any():
+            result[group] = {"top1": round(top1[mask].float().mean().item(), 4),
+                             "top5": round(top5[mask].float().mean().item(), 4), "images": int(mask.sum())}
+    return result
+
+
+def real_floors(real_feats: torch.Tensor, real, targets: torch.Tensor, seed: int = 0) -> dict:
+    """The Frechet-distance floors (see the module docstring) for a generated set with these targets."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(targets)
+    random = [frechet_distance(real_feats[torch.randperm(len(real_feats), generator=g)[:n]], real_feats) for _ in range(3)]
+    copies = []
+    for j, label in enumerate(targets.tolist()):
+        options = (real.labels == label).nonzero().flatten()
+        copies.append(options[j % len(options)])
+    by_style = {s: real_feats[torch.tensor([x == s for x in real.styles])] for s in sorted(set(real.styles))}
+    floors = {"fd_floor_random": round(sum(random) / 3, 3),
+              "fd_floor_copy": round(frechet_distance(real_feats[torch.stack(copies)], real_feats), 3)}
+    if len(by_style) == 2:
+        (a, fa), (b, fb) = by_style.items()
+        floors[f"fd_{a}_vs_{b}"] = round(frechet_distance(fa, fb), 3)
+    return floors
+
+
+def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str | Path, prompts_file: str | Path,
+             images_per_prompt: int = 4, samplers: list[str] = ("ddim", "euler", "dpmpp_2m_karras"),
+             steps: list[int] = (10, 20, 50), guidance: float | None = None, batch_size: int = 16,
+             device: str = "auto", grid_path: str | Path | None = None, quick: bool = False, log=print) -> dict:
+    """The whole evaluation; writes ``OUT/results.json``, ``OUT/results.md`` and a sample grid.
+
+    `quick`: only the model's default sampler and steps, and the first 20 names and 10 paraphrases.
+    """
+    from ..pipeline import Pipeline
+
+    started = time.perf_counter()
+    out = Path(out)
+    if images_per_prompt < 1:
+        raise UserError("--images-per-prompt must be at least 1")
+    samplers = [resolve_sampler(name).name for name in samplers]  # unknown names fail here, before any work
+    if any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000 for n in steps):
+        raise UserError(f"steps must be whole numbers from 1 to 1000, not {list(steps)}")
+    check_data_folder(data)
+    the_judge: Judge = load_judge(judge)
+    prompts = load_prompts(prompts_file)
+    if quick:
+        prompts = [p for p in prompts if p.group == "names"][:20] + [p for p in prompts if p.group != "names"][:10]
+    real = load_real_set(data)
+    if the_judge.classes != real.classes:
+        raise UserError(f"the judge at {judge} was trained on other classes than {data} holds; train it on this data")
+    targets = torch.tensor([the_judge.class_of(p.target) for p in prompts]).repeat_interleave(images_per_prompt)
+    groups = [p.group for p in prompts for _ in range(images_per_prompt)]
+    pipe = Pipeline.from_pretrained(model, device=device)
+    default = (pipe.settings("x").sampler, pipe.settings("x").steps)
+    if quick:
+        samplers, steps = [default[0]], [default[1]]
+    guidance = pipe.settings("x", guidance_scale=guidance).guidance_scale
+    _, real_feats = judge_batches(the_judge, real.images)
+    floors = real_floors(real_feats, real, targets)
+    log(f"eval of {pipe.name} ({pipe.hash}): {len(prompts)} prompts x {images_per_prompt} pictures, floors {floors}")
+
+    configs, pictures_of = [], {}
+    for sampler in samplers:
+        for n in steps:
+            images, per_image, made = generate_set(pipe, prompts, sampler, n, images_per_prompt,
+                                                   out / "images" / f"{sampler}-{n}", guidance, batch_size, log)
+            logits, feats = judge_batches(the_judge, images)
+            row = {"sampler": sampler, "steps": n, **adherence(logits, targets, groups),
+                   "fd": round(frechet_distance(feats, real_feats), 3), "generated": made,
+                   "seconds_per_image": None if per_image is None else round(per_image, 3)}
+            configs.append(row)
+            pictures_of[(sampler, n)] = (images, logits)
+            log(f"{sampler} x {n}: {json.dumps(row)}")
+
+    key = default if default in pictures_of else next(iter(pictures_of))
+    images, logits = pictures_of[key]
+    per_prompt = []
+    for i, p in enumerate(prompts):
+        rows = slice(i * images_per_prompt, (i + 1) * images_per_prompt)
+        guesses = logits[rows].argmax(1).tolist()
+        per_prompt.append({"prompt": p.text, "group": p.group, "target": p.target,
+                           "seeds": list(range(i * images_per_prompt, (i + 1) * images_per_prompt)),
+                           "top1_hits": int(topk_hits(logits[rows], targets[rows], 1).sum()),
+                           "top5_hits": int(topk_hits(logits[rows], targets[rows], 5).sum()),
+                           "judge_says": [the_judge.classes[c] for c in guesses]})
+    result = {"model": {"name": pipe.name, "hash": pipe.hash, "path": model or "built-in"},
+              "judge": {"path": str(judge), "classes": len(the_judge.classes), "trained": the_judge.config.trained},
+              "data": str(data), "real_images": len(real), "prompts_file": str(prompts_file),
+              "prompts": {g: sum(p.group == g for p in prompts) for g in GROUPS}, "images_per_prompt": images_per_prompt,
+              "seeds": "prompt i (in file order, names then paraphrases) uses seeds i*images_per_prompt + k",
+              "guidance_scale": guidance, "negative_prompt": "", "size": list(images.shape[-2:]),
+              "quick": quick, "default": {"sampler": key[0], "steps": key[1]}, "floors": floors, "configs": configs,
+              "per_prompt": per_prompt, "runtime_minutes": round((time.perf_counter() - started) / 60, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.md").write_text(markdown_report(result))
+    grid_path = Path(grid_path) if grid_path else out / "grid.png"
+    sample_grid(prompts, images, logits, targets, images_per_prompt, real, the_judge.classes).save(grid_path)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'} and {grid_path}")
+    return result

@@ -182,14 +182,18 @@ def test_eval_end_to_end_on_a_tiny_model(data, judge_file, tmp_path):
         assert row["names"]["images"] == 4 and row["paraphrases"]["images"] == 2
         assert 0 <= row["names"]["top1"] <= row["names"]["top5"] <= 1 and math.isfinite(row["fd"]) and row["fd"] >= 0
         assert row["generated"] == 6
-    assert set(saved["floors"]) == {"fd_floor_random", "fd_floor_copy", "fd_a_vs_b"}
+    assert set(saved["floors"]) == {"fd_floor", "fd_floor_styles", "fd_all_floor"}
+    assert set(saved["floors"]["fd_floor_styles"]) == {"a", "b"} and saved["floors"]["fd_floor"] > 0
+    assert all(math.isfinite(row["fd_all"]) for row in saved["configs"])
+    ceiling = saved["autoencoder_ceiling"]  # a latent model: its autoencoder's reconstructions are judged too
+    assert ceiling["images"] == 6 and ceiling["real"]["top1"] == 1.0 and 0 <= ceiling["reconstructed"]["top1"] <= 1
     assert [p["seeds"] for p in saved["per_prompt"]] == [[0, 1], [2, 3], [4, 5]]
     spaceship = saved["per_prompt"][2]
     assert (spaceship["prompt"], spaceship["group"], spaceship["target"]) == ("a spaceship", "paraphrases", "rocket")
     assert spaceship["top5_hits"] == 2 and len(spaceship["judge_says"]) == 2  # 4 classes: top-5 always hits
     assert len(list((out / "images" / "euler-2").glob("*.png"))) == 6
     table = (out / "results.md").read_text()
-    assert "| ddim | 3 |" in table and "a spaceship" in table and "perfect copier" in table
+    assert "| ddim | 3 |" in table and "a spaceship" in table and "perfect copier" in table and "FD all" in table
     assert Image.open(out / "grid.png").size[1] == 16 + 3 * 64
     again = run_eval(model=str(model), data=data, judge=path, out=out, prompts_file=prompts, images_per_prompt=2,
                      samplers=["euler"], steps=[2], device="cpu", log=lambda m: None)  # pictures come from the cache

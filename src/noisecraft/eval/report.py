@@ -18,28 +18,37 @@ def markdown_report(result: dict) -> str:
         f"({result['prompts_file']}), {result['images_per_prompt']} pictures each ({result['seeds']}), "
         f"guidance {result['guidance_scale']}, {result['size'][1]}x{result['size'][0]} px. "
         f"Judge: {result['judge']['path']} ({result['judge']['classes']} classes). "
-        f"Real images: {result['real_images']} ({result['data']}). Runtime {result['runtime_minutes']} min.",
+        f"Real images: {result['real_images']} ({result['data']}). Runtime {result['runtime_minutes']} min "
+        f"(generating the pictures took {result['generation_minutes']} min when they were made; reruns reuse them).",
         "",
         f"Default configuration ({result['default']['sampler']}, {result['default']['steps']} steps): "
         + _summary(result) + " Goal (issue 3): names top-5 >= 0.70, paraphrases top-5 >= 0.35.",
         "",
         "Top-k: the rate at which the judge names the intended emoji among its k best guesses. "
-        "FD: Frechet distance between judge features of the generated pictures and of all real images "
-        "(lower is better).",
+        "FD: Frechet distance between judge features of the generated pictures and of the real images of the "
+        "intended emoji (both styles); FD all: against all real images. Lower is better; floors below. "
+        "s / image: wall time on the machine that ran the eval (shared machines make it noisy).",
         "",
-        "| sampler | steps | names top-1 | names top-5 | paraphrases top-1 | paraphrases top-5 | FD | s / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| sampler | steps | names top-1 | names top-5 | paraphrases top-1 | paraphrases top-5 | FD | FD all | s / image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["configs"]:
         names, para = row.get("names", {}), row.get("paraphrases", {})
         speed = "-" if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.2f}"
         rates = [f"{group[k]:.3f}" if k in group else "-" for group in (names, para) for k in ("top1", "top5")]
-        lines.append(f"| {row['sampler']} | {row['steps']} | {' | '.join(rates)} | {row['fd']:.2f} | {speed} |")
-    lines += ["", "Frechet-distance floors (real images against all real images, same judge features):", ""]
-    labels = {"fd_floor_random": "random real subset of the generated set's size (sampling bias alone)",
-              "fd_floor_copy": "the real images of the intended emoji, one per generated picture (a perfect copier)"}
-    for key, value in f.items():
-        lines.append(f"- {labels.get(key, key.removeprefix('fd_').replace('_', ' ') + ' (one style against the other)')}: {value:.2f}")
+        lines.append(f"| {row['sampler']} | {row['steps']} | {' | '.join(rates)} | {row['fd']:.2f} | {row['fd_all']:.2f} | {speed} |")
+    styles = ", ".join(f"{k} {v:.2f}" for k, v in f["fd_floor_styles"].items())
+    lines += ["", "Real-vs-real floors, measured the same way with the same judge features:", "",
+              f"- FD floor: {'-' if f['fd_floor'] is None else format(f['fd_floor'], '.2f')}: a perfect copier that draws every "
+              f"intended emoji exactly as one real style, against the same reference ({styles or 'no style draws them all'})",
+              f"- FD all floor: {f['fd_all_floor']:.2f}: a random set of real images of the generated set's size against all "
+              "real images (small-sample bias alone; a prompt list of a few dozen emoji sits above it even when perfect)"]
+    ceiling = result.get("autoencoder_ceiling")
+    if ceiling:
+        real, recon = ceiling["real"], ceiling["reconstructed"]
+        lines += ["", f"Ceiling: on the {ceiling['images']} real images of the intended emoji the judge scores top-1 "
+                  f"{real['top1']:.3f} / top-5 {real['top5']:.3f}; on the model's autoencoder reconstructions of them, "
+                  f"top-1 {recon['top1']:.3f} / top-5 {recon['top5']:.3f} (what a UNet that reproduced the training latents exactly would score)."]
     d = result["default"]
     lines += ["", f"Per prompt ({d['sampler']}, {d['steps']} steps): hits out of {result['images_per_prompt']}, "
               "and what the judge names each picture.", "",
@@ -53,7 +62,8 @@ def _summary(result: dict) -> str:
     d = result["default"]
     row = next(r for r in result["configs"] if (r["sampler"], r["steps"]) == (d["sampler"], d["steps"]))
     parts = [f"{g} top-1 {row[g]['top1']:.3f}, top-5 {row[g]['top5']:.3f}" for g in ("names", "paraphrases") if g in row]
-    return "; ".join(parts) + f"; FD {row['fd']:.2f} (copy floor {result['floors']['fd_floor_copy']:.2f})."
+    floor = result["floors"]["fd_floor"]
+    return "; ".join(parts) + f"; FD {row['fd']:.2f} (floor {'-' if floor is None else format(floor, '.2f')})."
 
 
 def sample_grid(prompts, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, per_prompt: int, real,

@@ -1,0 +1,1 @@
+"""`noisecraft eval`: a judge classifier, metrics, and the prompt-adherence / fidelity evaluation."""

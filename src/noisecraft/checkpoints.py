@@ -155,10 +155,10 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return path
 
 
-def model_hash(file: str | os.PathLike) -> str:
-    """AUTOMATIC1111's short model hash: the first 10 hex digits of the file's sha256."""
+def model_hash(file: str | os.PathLike, digits: int = 10) -> str:
+    """AUTOMATIC1111's short hash of a file: the first hex digits of its sha256 (10 for models, 12 for LoRA files)."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()[:digits]

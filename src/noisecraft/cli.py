@@ -248,17 +248,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import sdfiles
-    from .checkpoints import load_model_file, model_hash, resolve_weights_file
-    from .pipeline import BUILTIN_MODEL, _is_noisecraft_file
+    from .checkpoints import load_model_file, model_hash
+    from .pipeline import BUILTIN_MODEL, load_stable_diffusion
 
     path = Path(args.model).expanduser() if args.model else BUILTIN_MODEL
-    if sdfiles.is_diffusers_folder(path):
-        ckpt = sdfiles.load_diffusers_folder(path)
-    elif not _is_noisecraft_file(resolve_weights_file(path)) and sdfiles.is_sd_single_file(resolve_weights_file(path)):
-        ckpt = sdfiles.load_single_file(resolve_weights_file(path))
-    else:
-        ckpt = None
+    ckpt = load_stable_diffusion(path)
     if ckpt is not None:
         config, parts, file = ckpt.config, ckpt.parts, ckpt.file
         print(f"family:      Stable Diffusion {ckpt.family}{' (inpainting)' if config.unet.in_channels > config.unet.out_channels else ''}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from . import keymaps
+from .checkpoints import model_hash
 from .errors import ModelFileError, UserError
 
 
@@ -143,7 +144,7 @@ class LoraStack:
                 weight = module.weight
                 self._backup.setdefault(id(module), (module, weight.detach().to('cpu', copy=True)))
                 weight.add_((scale * pair.delta(weight.shape)).to(weight.device, weight.dtype))
-        self.loaded.append((Path(path).stem, scale, _short_hash(Path(path))))
+        self.loaded.append((Path(path).stem, scale, model_hash(path, digits=12)))
         return len(plan)
 
     def unload(self) -> None:
@@ -153,17 +154,6 @@ class LoraStack:
                 module.weight.copy_(original)
         self._backup.clear()
         self.loaded.clear()
-
-
-def _short_hash(path: Path) -> str:
-    """The first 12 hex digits of the file's sha256, as AUTOMATIC1111 records LoRA files."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def parse_lora_argument(text: str) -> tuple[str, float]:

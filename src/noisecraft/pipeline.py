@@ -28,6 +28,7 @@ from . import sdfiles
 from .checkpoints import FORMAT, ModelConfig, load_model_file, model_hash, read_safetensors_header, resolve_weights_file, sniff
 from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
 from .errors import OutOfMemory, UserError
+from .lora import LoraStack
 from .models.text import TextEmbedding, load_text_encoder
 from .models.unet import UNet, timestep_embedding
 from .models.vae import AutoencoderKL
@@ -106,6 +107,7 @@ class Pipeline:
         self.device, self.dtype, self.name, self.file, self.family = device, dtype, name or config.name, file, family
         self._hash: str | None = None
         self.vae_tiling: bool | None = None  # None: tile only images larger than TILE_ABOVE latent pixels
+        self._loras = LoraStack()
         ac = schedules.alphas_cumprod(schedules.betas(config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end))
         self.denoiser = Denoiser(unet, ac, prediction=config.prediction).to(device)
 
@@ -127,17 +129,12 @@ class Pipeline:
                 raise UserError("this install has no built-in model; pass a model with --model PATH")
             path = BUILTIN_MODEL
         path = Path(path).expanduser()
-        if sdfiles.is_diffusers_folder(path):
-            return cls._from_sd(sdfiles.load_diffusers_folder(path, prediction=prediction), device, dtype, vae)
-        file = resolve_weights_file(path)
-        if _is_noisecraft_file(file):
-            if vae is not None or prediction is not None:
-                raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
-            return cls._from_noisecraft(file, device, dtype)
-        if sdfiles.is_sd_single_file(file):
-            return cls._from_sd(sdfiles.load_single_file(file, prediction=prediction), device, dtype, vae)
-        load_model_file(file)  # raises the sentence that says what the file is not
-        raise UserError(f"{file} is not a model noisecraft can load")
+        ckpt = load_stable_diffusion(path, prediction)
+        if ckpt is not None:
+            return cls._from_sd(ckpt, device, dtype, vae)
+        if vae is not None or prediction is not None:
+            raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
+        return cls._from_noisecraft(resolve_weights_file(path), device, dtype)
 
     @classmethod
     def _from_noisecraft(cls, file: Path, device, dtype) -> "Pipeline":
@@ -205,12 +202,10 @@ class Pipeline:
 
         Returns the number of layers changed. `unload_loras` restores the original weights.
         """
-        from .lora import LoraStack, unet_targets
+        from .lora import unet_targets
 
         if self.family == "noisecraft":
             raise UserError("LoRA files are for Stable Diffusion checkpoints; this is a noisecraft model")
-        if not hasattr(self, "_loras"):
-            self._loras = LoraStack()
         targets = {"unet": unet_targets(self.unet, self.config.unet.num_res_blocks)}
         for name, module in getattr(self.text_encoder, "text_lora_targets", dict)().items():
             part, rest = ("te2", name[len("lora_te2_"):]) if name.startswith("lora_te2_") else \
@@ -225,13 +220,12 @@ class Pipeline:
         return self.text_encoder.load_textual_inversion(path, token)
 
     def unload_loras(self) -> None:
-        if hasattr(self, "_loras"):
-            self._loras.unload()
+        self._loras.unload()
 
     @property
     def loras(self) -> list[tuple[str, float, str]]:
         """(name, scale, short hash) of the LoRA files merged in, for the PNG parameters."""
-        return list(self._loras.loaded) if hasattr(self, "_loras") else []
+        return list(self._loras.loaded)
 
     @property
     def hash(self) -> str:
@@ -401,7 +395,7 @@ class Pipeline:
         denoise = CFGDenoiser(self.denoiser, cond, uncond, s.guidance_scale if guided else 1.0, s.guidance_rescale)
         keep = None
         if mask is not None and not self.inpainting_model:
-            self.encode(init * (mask < 0.5), noise)  # drawn (and unused) as diffusers does, so later noise lines up
+            noise(image_latents)  # diffusers draws masked-image latents here; advance the generators alike, without a VAE pass
             keep = 1.0 - _latent_mask(mask, shape).to(self.device, x.dtype)
             denoise = MaskedDenoiser(denoise, image_latents, start, keep, float(sigmas[0]))
 
@@ -470,6 +464,19 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def load_stable_diffusion(path: Path, prediction: str | None = None) -> sdfiles.SDCheckpoint | None:
+    """`path` read as a Stable Diffusion diffusers folder or single file; None when it is a noisecraft model.
+
+    A file that is neither is left to `load_model_file`, whose error says what it is not.
+    """
+    if sdfiles.is_diffusers_folder(path):
+        return sdfiles.load_diffusers_folder(path, prediction=prediction)
+    file = resolve_weights_file(path)
+    if not _is_noisecraft_file(file) and sdfiles.is_sd_single_file(file):
+        return sdfiles.load_single_file(file, prediction=prediction)
+    return None
 
 
 def _is_noisecraft_file(file: Path) -> bool:

@@ -161,3 +161,44 @@ def test_vae_with_patch_gan_trains_and_resumes_bit_exactly(data):
         assert torch.equal(a, b), k
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_init_from_starts_a_fine_tune_from_a_model_file_and_refuses_another_network(data):
+    """train.init_from: step 0, fresh optimizer, weights (and EMA) equal to the file's; a different UNet is refused."""
+    from noisecraft.checkpoints import load_model_file
+    from noisecraft.errors import UserError
+
+    base = Trainer(tiny_config(data, text=False, steps=3, out=str(data / "base")), progress=False, log=lambda *a: None)
+    base.train()
+    _, parts, _ = load_model_file(data / "base" / "model.safetensors")
+    tune = Trainer(tiny_config(data, text=False, steps=3, out=str(data / "tune"), init_from=str(data / "base" / "model.safetensors")),
+                   progress=False, log=lambda *a: None)
+    assert tune.step == 0 and not tune.optimizer.state_dict()["state"]
+    for key, value in parts["unet"].items():
+        assert torch.equal(tune.model.state_dict()[key], value.float()), key
+        assert torch.equal(tune.ema.state_dict()[key], value.float()), key
+    assert tune.train().status == "done"
+    other = tiny_config(data, text=False, steps=3, out=str(data / "other"), init_from=str(data / "base" / "model.safetensors"))
+    other.model.unet["model_channels"] = 2 * other.model.unet.get("model_channels", 8)
+    with pytest.raises(UserError, match="different unet"):
+        Trainer(other, progress=False, log=lambda *a: None)
+
+
+def test_min_snr_weights_match_the_paper_in_each_target():
+    """Min-SNR-gamma: x0 loss weight min(SNR, gamma); the eps and v forms give the same x0-space weight."""
+    from noisecraft.denoiser import min_snr_weights
+
+    sigma = torch.tensor([0.05, 0.3, 1.0, 4.0, 14.6])
+    snr = 1 / sigma.double() ** 2
+    expected = snr.clamp(max=5.0)
+    assert torch.allclose(min_snr_weights(sigma, 5.0, "x0").double(), expected, rtol=1e-6)
+    # ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2 (VP form)
+    assert torch.allclose(min_snr_weights(sigma, 5.0, "eps").double() * snr, expected, rtol=1e-6)
+    assert torch.allclose(min_snr_weights(sigma, 5.0, "v").double() * (snr + 1), expected, rtol=1e-6)
+    assert torch.allclose(min_snr_weights(sigma, 5.0, "eps")[2:], torch.ones(3))  # noisy samples (SNR <= 5) keep weight 1 in eps
+
+
+def test_min_snr_training_weights_the_per_sample_loss(data):
+    trainer = Trainer(tiny_config(data, text=False, steps=2, min_snr_gamma=5.0), progress=False, log=lambda *a: None)
+    plain = Trainer(tiny_config(data, text=False, steps=2, out=str(data / "plain")), progress=False, log=lambda *a: None)
+    assert trainer.loss(0).item() <= plain.loss(0).item() + 1e-6  # weights are <= 1 for eps

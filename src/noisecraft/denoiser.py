@@ -141,6 +141,25 @@ class Denoiser(nn.Module):
         return self.sigmas[t.to(self.sigmas.device)]
 
 
+def min_snr_weights(sigma: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", eq. 8 and Sec. 3.4) for per-sample losses in the network's native target.
+
+    SNR = alpha^2 / sigma_vp^2 = 1 / sigma^2 in the variance-exploding sigma used here. The x0 loss
+    weighted by min(SNR, gamma) becomes, in the other targets: eps -> min(SNR, gamma) / SNR,
+    v -> min(SNR, gamma) / (SNR + 1), x0 -> min(SNR, gamma).
+    """
+    snr = 1.0 / sigma.double() ** 2
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        weight = clipped / snr
+    elif prediction == "v":
+        weight = clipped / (snr + 1)
+    else:
+        weight = clipped
+    return weight.float()
+
+
 class CFGDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022) over a `Denoiser`, as `denoise(x, sigma)`.
 

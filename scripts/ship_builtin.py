@@ -1,12 +1,15 @@
 """Copy a trained run into the package as the built-in model: fp16 weights, licences, model card.
 
-    python scripts/ship_builtin.py runs/emoji-unet
+    python scripts/ship_builtin.py runs/emoji-unet-stage2 [--vae runs/emoji-vae-decoder]
 
+`--vae` swaps in another autoencoder that shares the run's latent space: one whose encoder is the
+very same (a decoder-only fine-tune, configs/emoji-vae-decoder.toml); anything else is refused.
 The model card (src/noisecraft/builtin/MODEL_CARD.md) is written by hand from the run's numbers.
 """
 
+import argparse
+import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -18,15 +21,27 @@ BUILTIN = ROOT / "src" / "noisecraft" / "builtin"
 LICENSES = ROOT / "src" / "noisecraft" / "datasets" / "licenses"
 
 
-def main(run: str) -> None:
-    config, parts, file = load_model_file(Path(run))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="the UNet run folder or model file")
+    parser.add_argument("--vae", default=None, help="a decoder-only fine-tune of the run's autoencoder")
+    args = parser.parse_args()
+    config, parts, file = load_model_file(Path(args.run))
+    if args.vae:
+        vae_config, vae_parts, _ = load_model_file(Path(args.vae))
+        encoder = [k for k in parts["vae"] if k.startswith(("encoder.", "quant_conv."))]
+        if vae_config.vae.scaling_factor != config.vae.scaling_factor or not all(
+                torch.equal(parts["vae"][k].float(), vae_parts["vae"][k].float()) for k in encoder):
+            raise SystemExit(f"{args.vae} has another encoder than {file}'s; the UNet would not understand its latents")
+        config = dataclasses.replace(config, vae=vae_config.vae)
+        parts["vae"] = vae_parts["vae"]
     BUILTIN.mkdir(parents=True, exist_ok=True)
     out = save_model_file(BUILTIN / "model.safetensors", config, parts, dtype=torch.float16)
     (BUILTIN / "LICENSES").mkdir(exist_ok=True)
     for licence in LICENSES.iterdir():
         shutil.copyfile(licence, BUILTIN / "LICENSES" / licence.name)
-    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {file}")
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB from {file}" + (f" with the autoencoder of {args.vae}" if args.vae else ""))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -127,7 +127,7 @@ def test_standalone_vae_swap_in_both_layouts(tmp_path):
     from sd_helpers import ldm_vae
 
     save_file({f"first_stage_model.{k}": v.contiguous() for k, v in ldm_vae(vae).items()}, tmp_path / "vae-ldm.safetensors")
-    states = [sdfiles.load_vae_file(tmp_path / name, "sdxl") for name in ("vae-folder", "vae-diffusers.safetensors", "vae-ldm.safetensors")]
+    states = [sdfiles.load_vae_file(tmp_path / name) for name in ("vae-folder", "vae-diffusers.safetensors", "vae-ldm.safetensors")]
     for state in states[1:]:
         assert state.keys() == states[0].keys() and all(torch.equal(state[k], states[0][k]) for k in state)
 

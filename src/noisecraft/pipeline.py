@@ -156,7 +156,7 @@ class Pipeline:
 
         config = ckpt.config
         if vae_path is not None:
-            ckpt.parts["vae"] = sdfiles.load_vae_file(Path(vae_path), ckpt.family)
+            ckpt.parts["vae"] = sdfiles.load_vae_file(Path(vae_path))
             config = dataclasses.replace(config, vae=sdfiles.vae_config_of(ckpt.parts["vae"], ckpt.family))
         unet = _build(UNet, config.unet, ckpt.parts.pop("unet"), device, dtype)
         # The VAE runs in the UNet's dtype on GPUs; `decode` falls back to float32 if fp16 overflows.

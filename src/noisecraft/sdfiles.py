@@ -319,7 +319,7 @@ def vae_from_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch
     return keymaps.vae_from_diffusers(state, shapes)
 
 
-def load_vae_file(path: Path, family: str) -> dict[str, torch.Tensor]:
+def load_vae_file(path: Path) -> dict[str, torch.Tensor]:
     """A standalone VAE (``--vae``): original layout (bare or ``first_stage_model.``) or diffusers layout."""
     path = Path(path).expanduser()
     if path.is_dir():

@@ -40,7 +40,8 @@ train() {
     steps=$("$PY" -c "import sys; print(max(int(sys.argv[4]), int(float(sys.argv[1]) * int(sys.argv[2]) / int(sys.argv[3]))))" "$rate" "$seconds" "$batch" "$MIN_STEPS")
     grep -q "^gan_weight" "$config" && gan=(--set "train.gan_start=$((steps / 2))")
     log "$name: $rate images/s in calibration -> $steps steps of $batch for ${seconds}s"
-    "$PY" -m noisecraft.cli train "$config" --device "$DEVICE" --no-progress --no-resume --steps "$steps" "${gan[@]}" >> "$OUT/gpu_builtin.log" 2>&1
+    rm -rf "runs/$name" && mkdir -p "runs/$name" && cp -r "runs/$name-calibrate/cache" "runs/$name/" 2>/dev/null || true  # latents and text states once
+    "$PY" -m noisecraft.cli train "$config" --device "$DEVICE" --no-progress --no-resume --out "runs/$name" --steps "$steps" "${gan[@]}" >> "$OUT/gpu_builtin.log" 2>&1
     log "$name: done; last log line: $(tail -1 "runs/$name/train_log.jsonl")"
 }
 

@@ -187,6 +187,7 @@ def test_eval_end_to_end_on_a_tiny_model(data, judge_file, tmp_path):
     assert all(math.isfinite(row["fd_all"]) for row in saved["configs"])
     ceiling = saved["autoencoder_ceiling"]  # a latent model: its autoencoder's reconstructions are judged too
     assert ceiling["images"] == 6 and ceiling["real"]["top1"] == 1.0 and 0 <= ceiling["reconstructed"]["top1"] <= 1
+    assert 0 < ceiling["psnr_db"] < 100 and "reconstruction PSNR" in (out / "results.md").read_text()
     assert [p["seeds"] for p in saved["per_prompt"]] == [[0, 1], [2, 3], [4, 5]]
     spaceship = saved["per_prompt"][2]
     assert (spaceship["prompt"], spaceship["group"], spaceship["target"]) == ("a spaceship", "paraphrases", "rocket")

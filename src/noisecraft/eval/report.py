@@ -48,7 +48,8 @@ def markdown_report(result: dict) -> str:
         real, recon = ceiling["real"], ceiling["reconstructed"]
         lines += ["", f"Ceiling: on the {ceiling['images']} real images of the intended emoji the judge scores top-1 "
                   f"{real['top1']:.3f} / top-5 {real['top5']:.3f}; on the model's autoencoder reconstructions of them, "
-                  f"top-1 {recon['top1']:.3f} / top-5 {recon['top5']:.3f} (what a UNet that reproduced the training latents exactly would score)."]
+                  f"top-1 {recon['top1']:.3f} / top-5 {recon['top5']:.3f} (what a UNet that reproduced the training latents exactly would score)"
+                  + (f"; reconstruction PSNR {ceiling['psnr_db']:.1f} dB." if "psnr_db" in ceiling else ".")]
     d = result["default"]
     lines += ["", f"Per prompt ({d['sampler']}, {d['steps']} steps): hits out of {result['images_per_prompt']}, "
               "and what the judge names each picture.", "",

@@ -24,6 +24,7 @@ reuses a picture only when its stored parameters match, so an interrupted eval r
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -146,7 +147,8 @@ def real_floors(real_feats: torch.Tensor, real, targets: torch.Tensor, seed: int
 @torch.no_grad()
 def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict | None:
     """The judge's top-1/top-5 on the intended emoji's real images and on the model's autoencoder
-    reconstructions of them: what a latent model whose UNet reproduced the training latents exactly would score."""
+    reconstructions of them: what a latent model whose UNet reproduced the training latents exactly would score.
+    Also the reconstructions' PSNR in dB (8-bit pixels, mean squared error over all of these images)."""
     if pipe.vae is None:
         return None
     mixed, per_style = intended_reals(real, targets)
@@ -159,12 +161,13 @@ def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict
     param = next(vae.parameters())
     recon = torch.cat([vae.decode(vae.encode(chunk.to(param) * 2 - 1).mode()).float().cpu() for chunk in x.split(32)])
     recon = ((recon.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8)
+    mse = (recon.float() - (x * 255).round()).pow(2).mean().item()
     labels = real.labels[idx]
     scores = {}
     for name, images in (("real", real.images[idx]), ("reconstructed", recon)):
         logits, _ = judge_batches(judge, images)
         scores[name] = {f"top{k}": round(topk_hits(logits, labels, k).float().mean().item(), 4) for k in (1, 5)}
-    return {"images": len(idx), **scores}
+    return {"images": len(idx), "psnr_db": round(10 * math.log10(255**2 / max(mse, 1e-10)), 2), **scores}
 
 
 def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str | Path, prompts_file: str | Path,

@@ -1,6 +1,6 @@
 """Copy a trained run into the package as the built-in model: fp16 weights, licences, model card.
 
-    python scripts/ship_builtin.py runs/emoji-unet-stage2 [--vae runs/emoji-vae-decoder]
+    python scripts/ship_builtin.py runs/emoji-unet-stage3 [--vae DECODER_RUN]
 
 `--vae` swaps in another autoencoder that shares the run's latent space: one whose encoder is the
 very same (a decoder-only fine-tune, configs/emoji-vae-decoder.toml); anything else is refused.

@@ -10,7 +10,6 @@ shows the plant emoji: the real pictures on top, then one row per file.
 """
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,13 @@ import torch
 from PIL import Image
 
 from noisecraft.checkpoints import load_model_file
+from noisecraft.eval.metrics import psnr
+from noisecraft.eval.run import reconstruct
 from noisecraft.eval.train_judge import load_real_set
 from noisecraft.models.vae import AutoencoderKL
 
 PLANTS = ("evergreen tree", "deciduous tree", "palm tree", "cactus", "four leaf clover", "green apple")
 
-
-@torch.no_grad()
-def reconstruct(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pictures -> their reconstructions in [0, 1]."""
-    return torch.cat([vae.decode(vae.encode(chunk * 2 - 1).mode()) for chunk in x.split(64)]).clamp(-1, 1).add(1).div(2)
 
 
 def main() -> None:
@@ -47,11 +43,10 @@ def main() -> None:
         vae.load_state_dict({k: v.float() for k, v in parts["vae"].items()})
         vae.eval()
         recon = reconstruct(vae, x)
-        mse = ((recon * 255).round() - (x * 255).round()).pow(2).mean().item()
-        error = (recon - x).abs().permute(1, 0, 2, 3)[:, green].mean(1)
-        print(f"{file}: PSNR {10 * math.log10(255 ** 2 / mse):.2f} dB; mean |error| on {int(green.sum())} green pixels "
+        error = (recon.float() / 255 - x).abs().permute(1, 0, 2, 3)[:, green].mean(1)
+        print(f"{file}: PSNR {psnr(recon, (x * 255).round()):.2f} dB; mean |error| on {int(green.sum())} green pixels "
               f"R {error[0]:.3f} G {error[1]:.3f} B {error[2]:.3f}")
-        rows.append(reconstruct(vae, plants))
+        rows.append(reconstruct(vae, plants).float() / 255)
     if args.strip:
         strip = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
         Image.fromarray((strip.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(args.strip, optimize=True)

@@ -1,6 +1,8 @@
-"""Metrics of the evaluation: Frechet distance between feature sets, and top-k hits. Torch only."""
+"""Metrics of the evaluation: Frechet distance between feature sets, top-k hits and PSNR. Torch only."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -44,3 +46,10 @@ def topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
     k = min(k, logits.shape[-1])
     target = logits.gather(1, labels.long()[:, None])
     return (logits > target).sum(1) < k
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of two pictures or sets of them on the 8-bit scale (0..255, any
+    dtype), from the mean squared error over all their values."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return 10 * math.log10(255**2 / max(mse, 1e-10))

@@ -24,7 +24,6 @@ reuses a picture only when its stored parameters match, so an interrupted eval r
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from ..errors import UserError
 from ..pngmeta import read_parameters, save_png
 from ..samplers import resolve_sampler
 from .judge import Judge, judge_batches, load_judge
-from .metrics import frechet_distance, topk_hits
+from .metrics import frechet_distance, psnr, topk_hits
 from .train_judge import check_data_folder, load_real_set
 from .report import markdown_report, sample_grid
 
@@ -145,6 +144,15 @@ def real_floors(real_feats: torch.Tensor, real, targets: torch.Tensor, seed: int
 
 
 @torch.no_grad()
+def reconstruct(vae, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Pictures in [0, 1] [N, 3, H, W] -> the autoencoder's reconstructions (encode, posterior mean,
+    decode) as uint8, computed on the autoencoder's device and dtype."""
+    param = next(vae.parameters())
+    recon = torch.cat([vae.decode(vae.encode(chunk.to(param) * 2 - 1).mode()).float().cpu() for chunk in x.split(batch_size)])
+    return ((recon.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
 def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict | None:
     """The judge's top-1/top-5 on the intended emoji's real images and on the model's autoencoder
     reconstructions of them: what a latent model whose UNet reproduced the training latents exactly would score.
@@ -157,17 +165,13 @@ def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict
     size = (pipe.config.image_size, pipe.config.image_size)
     if x.shape[-2:] != size:
         x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
-    vae = pipe.vae
-    param = next(vae.parameters())
-    recon = torch.cat([vae.decode(vae.encode(chunk.to(param) * 2 - 1).mode()).float().cpu() for chunk in x.split(32)])
-    recon = ((recon.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8)
-    mse = (recon.float() - (x * 255).round()).pow(2).mean().item()
+    recon = reconstruct(pipe.vae, x)
     labels = real.labels[idx]
     scores = {}
     for name, images in (("real", real.images[idx]), ("reconstructed", recon)):
         logits, _ = judge_batches(judge, images)
         scores[name] = {f"top{k}": round(topk_hits(logits, labels, k).float().mean().item(), 4) for k in (1, 5)}
-    return {"images": len(idx), "psnr_db": round(10 * math.log10(255**2 / max(mse, 1e-10)), 2), **scores}
+    return {"images": len(idx), "psnr_db": round(psnr(recon, (x * 255).round()), 2), **scores}
 
 
 def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str | Path, prompts_file: str | Path,

@@ -218,3 +218,38 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_its_latent_space(data):
     assert frozen and all(torch.equal(base["vae"][k], tuned["vae"][k]) for k in frozen)
     assert any(not torch.equal(base["vae"][k], tuned["vae"][k]) for k in base["vae"] if k.startswith("decoder."))
     assert config.vae.scaling_factor == base_config.vae.scaling_factor
+
+
+def test_token_dropout_keeps_the_pooled_vector_of_the_caption(data):
+    """data.token_dropout: some captions lose their token states (the empty prompt's instead) but keep their pooled vector."""
+    from noisecraft.train.cache import TextCache
+
+    config = tiny_config(data, steps=2)
+    config.data.caption_dropout, config.data.token_dropout = 0.0, 0.5
+    trainer = Trainer(config, progress=False, log=lambda *a: None)
+    empty = trainer.text.conditioning([TextCache.EMPTY])
+    dropped = kept = 0
+    for step in range(4):
+        _, cond, _, _, _ = trainer.batch(step)
+        for b in range(len(cond["y"])):
+            n = int(cond["context_mask"][b].sum())
+            tokens_empty = n == empty["context"].shape[1] and torch.equal(cond["context"][b, :n], empty["context"][0])
+            assert not torch.allclose(cond["y"][b], empty["y"][0])  # every caption keeps its own pooled vector
+            dropped += tokens_empty
+            kept += not tokens_empty
+    assert dropped >= 3 and kept >= 3, (dropped, kept)
+
+
+def test_dropout_settings_are_checked(tmp_path):
+    from noisecraft.errors import UserError
+    from noisecraft.train.config import load_train_config
+
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nkind = "pixel"\n[data]\ntoken_dropout = 1.0\n')
+    with pytest.raises(UserError, match="data.token_dropout must be at least 0 and below 1"):
+        load_train_config(config)
+    config.write_text('[model]\nkind = "pixel"\npooled = false\n[data]\ntoken_dropout = 0.3\n')
+    with pytest.raises(UserError, match="needs model.pooled = true"):
+        load_train_config(config)
+    config.write_text('[model]\nkind = "pixel"\n[data]\ntoken_dropout = 0.3\n')
+    assert load_train_config(config).data.token_dropout == 0.3

@@ -78,8 +78,13 @@ class TextCache:
     def __init__(self, tokens: torch.Tensor, offsets: torch.Tensor, pooled: torch.Tensor):
         self.tokens, self.offsets, self.pooled = tokens, offsets, pooled
 
-    def conditioning(self, caption_ids: list[int], pooled: bool = True) -> dict[str, torch.Tensor]:
-        rows = [i if i != self.EMPTY else len(self.offsets) - 2 for i in caption_ids]
+    def _rows(self, caption_ids: list[int]) -> list[int]:
+        return [i if i != self.EMPTY else len(self.offsets) - 2 for i in caption_ids]
+
+    def conditioning(self, caption_ids: list[int], pooled: bool = True, pooled_ids: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Token states (padded, with their mask) of `caption_ids` and, if `pooled`, the pooled vectors of
+        `pooled_ids` (default: the same captions)."""
+        rows = self._rows(caption_ids)
         lengths = [int(self.offsets[r + 1] - self.offsets[r]) for r in rows]
         length = max(lengths)
         context = torch.zeros(len(rows), length, self.tokens.shape[1])
@@ -89,7 +94,7 @@ class TextCache:
             mask[b, :n] = True
         cond = {"context": context, "context_mask": mask}
         if pooled:
-            cond["y"] = self.pooled[rows].float()
+            cond["y"] = self.pooled[rows if pooled_ids is None else self._rows(pooled_ids)].float()
         return cond
 
 

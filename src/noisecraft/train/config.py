@@ -41,6 +41,9 @@ class ModelSection:
 class DataSection:
     path: str = "data"
     caption_dropout: float = 0.1  # share of captions replaced by "" so guidance has an unconditional model
+    # share of the other captions whose token states are replaced by ""'s while the pooled sentence vector
+    # stays, so the UNet learns to draw from the pooled vector alone (needs model.pooled = true)
+    token_dropout: float = 0.0
 
 
 @dataclass
@@ -139,4 +142,9 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
         raise UserError("a latent model needs model.vae_path, the trained autoencoder to work in")
     if config.train.steps < 1 or config.train.batch_size < 1:
         raise UserError("train.steps and train.batch_size must be at least 1")
+    for name in ("caption_dropout", "token_dropout"):
+        if not 0.0 <= getattr(config.data, name) < 1.0:
+            raise UserError(f"data.{name} must be at least 0 and below 1, not {getattr(config.data, name)}")
+    if config.data.token_dropout and not config.model.pooled:
+        raise UserError("data.token_dropout keeps the pooled text vector, so it needs model.pooled = true")
     return config

@@ -206,8 +206,12 @@ class Trainer:
             captions = [self.data.caption_ids[i] for i in index.tolist()]
             choice = [ids[int(torch.randint(len(ids), (1,), generator=g))] for ids in captions]
             drop = torch.rand(len(choice), generator=g) < self.config.data.caption_dropout
-            choice = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())][mine]
-            cond = self.text.conditioning(choice, pooled=bool(c.unet.adm_in_channels))
+            choice = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())]
+            tokens = choice
+            if self.config.data.token_dropout:  # drawn only when used, so runs without it keep their random stream
+                drop = torch.rand(len(choice), generator=g) < self.config.data.token_dropout
+                tokens = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())]
+            cond = self.text.conditioning(tokens[mine], pooled=bool(c.unet.adm_in_channels), pooled_ids=choice[mine])
         sigma = noise = None
         if c.kind != "vae":
             sigma = self.denoiser.sample_training_sigmas(x0.shape[0], g)[mine].to(self.device, torch.float32)

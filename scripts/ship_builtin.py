@@ -1,11 +1,9 @@
 """Copy a trained run into the package as the built-in model: fp16 weights, licences, model card.
 
-    python scripts/ship_builtin.py runs/emoji-unet-stage5 [--vae DECODER_RUN] [--pooled-prompts]
+    python scripts/ship_builtin.py runs/emoji-unet-stage5 [--vae DECODER_RUN]
 
 `--vae` swaps in another autoencoder that shares the run's latent space: one whose encoder is the
 very same (a decoder-only fine-tune, configs/emoji-vae-decoder.toml); anything else is refused.
-`--pooled-prompts` ships it reading prompts from their pooled vector alone (`prompt_tokens = false`,
-for a UNet trained with data.token_dropout where `scripts/text_paths.py` measured that better).
 The model card (src/noisecraft/builtin/MODEL_CARD.md) is written by hand from the run's numbers.
 """
 
@@ -27,10 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="the UNet run folder or model file")
     parser.add_argument("--vae", default=None, help="a decoder-only fine-tune of the run's autoencoder")
-    parser.add_argument("--pooled-prompts", action="store_true", help="condition on the prompt's pooled vector alone")
     args = parser.parse_args()
     config, parts, file = load_model_file(Path(args.run))
-    config = dataclasses.replace(config, prompt_tokens=not args.pooled_prompts)
     if args.vae:
         vae_config, vae_parts, _ = load_model_file(Path(args.vae))
         encoder = [k for k in parts["vae"] if k.startswith(("encoder.", "quant_conv."))]

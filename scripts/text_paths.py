@@ -8,7 +8,7 @@ Then the judge's top-1 / top-5 rates on pictures made with the prompt's conditio
   full          the prompt's token states and pooled vector (what `noisecraft generate` does)
   name-pooled   the prompt's token states, the intended emoji name's pooled vector
   name-tokens   the intended emoji name's token states, the prompt's pooled vector
-  pooled        the empty prompt's token states, the prompt's pooled vector (`prompt_tokens = false`)
+  pooled        the empty prompt's token states, the prompt's pooled vector
 The model's default sampler, steps and guidance; prompt i of the group gets seeds i*N .. i*N+N-1.
 """
 

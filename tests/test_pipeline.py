@@ -110,21 +110,3 @@ def test_missing_corrupt_and_pickle_model_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ModelFileError):
         Pipeline.from_pretrained(tmp_path / "junk.safetensors", device="cpu")
-
-
-def test_pooled_prompt_models_give_the_unet_the_empty_prompts_tokens(tmp_path):
-    """A model file saying prompt_tokens = false conditions on the pooled vector alone, and keeps saying so."""
-    import dataclasses
-
-    from noisecraft.checkpoints import load_model_file, save_model_file
-
-    config, parts, _ = load_model_file(tiny_model_file(tmp_path / "tokens.safetensors"))
-    pooled_file = save_model_file(tmp_path / "pooled.safetensors", dataclasses.replace(config, prompt_tokens=False), parts)
-    tokens, pooled = Pipeline.from_pretrained(tmp_path / "tokens.safetensors", device="cpu"), Pipeline.from_pretrained(pooled_file, device="cpu")
-    assert tokens.config.prompt_tokens and not pooled.config.prompt_tokens
-    prompts = ["a red square", "a blue square on a long caption"]
-    full, alone, empty = tokens.encode_prompts(prompts), pooled.encode_prompts(prompts), tokens.encode_prompts([""])
-    assert torch.equal(alone["y"], full["y"])  # the prompt still speaks through its pooled vector
-    assert alone["context"].shape[:2] == (2, empty["context"].shape[1])
-    assert all(torch.equal(alone["context"][i], empty["context"][0]) for i in range(2))
-    assert pooled("a red square", seed=0, steps=3, num_images=2, output_type="pt").shape == (2, 3, 16, 16)

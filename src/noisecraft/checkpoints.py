@@ -49,9 +49,6 @@ class ModelConfig:
     image_size: int = 64
     name: str = "noisecraft"
     defaults: dict = field(default_factory=lambda: {"steps": 20, "guidance_scale": 5.0, "sampler": "dpmpp_2m_karras"})
-    # False: the UNet reads the prompt from its pooled sentence vector alone, with the empty prompt's
-    # token states (for models trained with data.token_dropout, where that follows paraphrases better)
-    prompt_tokens: bool = True
 
     @property
     def channels(self) -> int:

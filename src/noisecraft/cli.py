@@ -268,8 +268,7 @@ def cmd_info(args) -> int:
         print(f"prediction:  {config.prediction}, {config.beta_schedule} betas {config.beta_start}..{config.beta_end}, {config.num_train_timesteps} steps")
     if config.vae:
         print(f"vae:         {counts.get('vae', 0) / 1e6:.2f}M parameters, downsampling x{config.vae.downsample_factor}, {config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}")
-    print(f"text:        {config.text_encoder or 'none (unconditional)'}"
-          + ("" if config.prompt_tokens or not config.text_encoder else ", the prompt's pooled vector only"))
+    print(f"text:        {config.text_encoder or 'none (unconditional)'}")
     print(f"image size:  {config.image_size}x{config.image_size}")
     print(f"defaults:    {', '.join(f'{k}={v}' for k, v in config.defaults.items())}")
     return 0

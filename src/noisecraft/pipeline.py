@@ -347,9 +347,6 @@ class Pipeline:
         if self.text_encoder is None:
             return {}
         emb: TextEmbedding = self.text_encoder.encode(prompts).to(self.device)
-        if not self.config.prompt_tokens:  # the pooled vector alone: every prompt gets the empty prompt's token states
-            empty = self.text_encoder.encode([""]).to(self.device)
-            emb = TextEmbedding(empty.tokens.expand(len(prompts), -1, -1), emb.pooled, empty.mask.expand(len(prompts), -1))
         if self.family == "sdxl":  # an empty prompt means zero conditioning, as SDXL was trained (sgm's ucg)
             empty = torch.tensor([not p for p in prompts], device=self.device)
             emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)

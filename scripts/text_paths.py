@@ -52,9 +52,9 @@ def encoder_ceiling(encoder, prompts, names: list[str]) -> dict[str, dict[str, f
     for group in sorted({p.group for p in prompts}):
         chosen = [p for p in prompts if p.group == group]
         nearest = (encoder.encode([p.text for p in chosen]).pooled @ vectors.T).topk(5).indices
-        hits = [[names[j] for j in row].index(p.target) if p.target in [names[j] for j in row] else 5
-                for p, row in zip(chosen, nearest.tolist())]
-        result[group] = {"top1": sum(h == 0 for h in hits) / len(hits), "top5": sum(h < 5 for h in hits) / len(hits)}
+        found = [[names[j] for j in row] for row in nearest.tolist()]
+        result[group] = {"top1": sum(f[0] == p.target for p, f in zip(chosen, found)) / len(chosen),
+                         "top5": sum(p.target in f for p, f in zip(chosen, found)) / len(chosen)}
     return result
 
 
@@ -85,7 +85,6 @@ def main() -> None:
         logits, _ = judge_batches(judge, (pictures * 255).round().to(torch.uint8))
         print(f"{condition:12} top-1 {topk_hits(logits, targets, 1).float().mean():.3f}  "
               f"top-5 {topk_hits(logits, targets, 5).float().mean():.3f}  ({len(targets)} pictures)", flush=True)
-    pipe.text_encoder = encoder
 
 
 if __name__ == "__main__":

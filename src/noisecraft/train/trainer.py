@@ -205,12 +205,10 @@ class Trainer:
         if self.text is not None:
             captions = [self.data.caption_ids[i] for i in index.tolist()]
             choice = [ids[int(torch.randint(len(ids), (1,), generator=g))] for ids in captions]
-            drop = torch.rand(len(choice), generator=g) < self.config.data.caption_dropout
-            choice = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())]
-            tokens = choice
-            if self.config.data.token_dropout:  # drawn only when used, so runs without it keep their random stream
-                drop = torch.rand(len(choice), generator=g) < self.config.data.token_dropout
-                tokens = [TextCache.EMPTY if d else k for k, d in zip(choice, drop.tolist())]
+            choice = _dropped(choice, self.config.data.caption_dropout, g)
+            tokens = choice  # token dropout draws only when used, so runs without it keep their random stream
+            if self.config.data.token_dropout:
+                tokens = _dropped(choice, self.config.data.token_dropout, g)
             cond = self.text.conditioning(tokens[mine], pooled=bool(c.unet.adm_in_channels), pooled_ids=choice[mine])
         sigma = noise = None
         if c.kind != "vae":
@@ -368,3 +366,9 @@ def _progress(initial: int, total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _dropped(caption_ids: list[int], share: float, generator: torch.Generator) -> list[int]:
+    """The captions with about `share` of them replaced by the empty prompt (one draw per caption)."""
+    drop = torch.rand(len(caption_ids), generator=generator) < share
+    return [TextCache.EMPTY if d else k for k, d in zip(caption_ids, drop.tolist())]

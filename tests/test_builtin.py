@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import torch
+
 from noisecraft.pipeline import Pipeline
 from noisecraft.pngmeta import parse_parameters, read_parameters
 
@@ -23,3 +25,12 @@ def test_cli_uses_the_builtin_model_by_default(tmp_path):
     assert params["Seed"] == "3" and params["Size"] == "64x64" and len(params["Model hash"]) == 10
     info = subprocess.run([sys.executable, "-m", "noisecraft.cli", "info"], capture_output=True, text=True, timeout=300)
     assert info.returncode == 0 and "noisecraft-emoji" in info.stdout and "float16" in info.stdout
+
+
+def test_builtin_model_draws_the_nearest_of_its_emoji_names():
+    pipe = Pipeline.from_pretrained(device="cpu")
+    assert pipe.subjects is not None and len(pipe.subjects.names) > 1000
+    names = pipe.subjects.names
+    vectors = torch.cat([pipe.text_encoder.encode(names[i : i + 256]).pooled for i in range(0, len(names), 256)])
+    assert pipe.subjects.nearest(vectors) == names  # a prompt that is an emoji name is drawn as itself
+    assert [pipe.settings(p).subject for p in ("a smartphone", "a bike", "palm tree")] == ["mobile phone", "bicycle", None]

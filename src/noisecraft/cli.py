@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (model default)")
     gen.add_argument("--rescale", type=float, default=0.0, help="guidance rescale, 0..1 (Lin et al. 2023)")
     gen.add_argument("--sampler", default=None, help="sampler name, e.g. dpmpp_2m_karras, euler_a, ddim (see `noisecraft samplers`)")
+    gen.add_argument("--subject", default="auto", help="auto: a model with a subject index (the built-in one) draws the nearest subject it knows; "
+                     "off: the prompt's own words; or the words to draw (written into the PNG)")
     gen.add_argument("--seed", type=int, default=None, help="random seed; image k uses seed+k (default: random)")
     gen.add_argument("--num-images", type=int, default=1, help="how many pictures")
     gen.add_argument("--batch-size", type=int, default=16, help="pictures per network call")
@@ -91,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--train-judge", action="store_true", help="train the judge on --data and write it to --judge, instead of evaluating")
     ev.add_argument("--judge-steps", type=int, default=1500, help="with --train-judge: training steps of 128 images")
     ev.add_argument("--holdout-style", default=None, help="with --train-judge: leave this style out and report accuracy on it")
+    ev.add_argument("--subject", default="auto", choices=["auto", "off"], help="nearest-subject prompts (models with a subject index) or the prompts' own words")
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     srv = commands.add_parser("serve", help="web page + AUTOMATIC1111-compatible API",
@@ -200,16 +203,18 @@ def cmd_generate(args) -> int:
         pipe.load_textual_inversion(path, word)
     width, height = args.size if args.size else (None, None)
     settings = pipe.settings(args.prompt, args.negative, args.steps, args.guidance, args.sampler, width, height,
-                             args.seed, args.num_images, args.rescale, args.strength, init.size if init else None)
+                             args.seed, args.num_images, args.rescale, args.strength, init.size if init else None, args.subject)
     images = pipe(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale, settings.sampler,
                   settings.width, settings.height, settings.seed, settings.num_images, settings.guidance_rescale,
-                  batch_size=args.batch_size, init_image=init, strength=settings.strength, mask_image=mask)
+                  batch_size=args.batch_size, init_image=init, strength=settings.strength, mask_image=mask,
+                  subject=settings.subject or "off")
     paths = _output_paths(args.out, settings.prompt, [settings.seed + k for k in range(len(images))])
     for image, path in zip(images, paths):
         save_png(image, path)
         print(path)
     print(f"{len(images)} image(s), {settings.width}x{settings.height}, {settings.steps} steps of {settings.sampler}, "
-          f"seed {settings.seed}, in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+          f"seed {settings.seed}" + (f", subject {settings.subject!r}" if settings.subject else "") +
+          f", in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -269,6 +274,11 @@ def cmd_info(args) -> int:
     if config.vae:
         print(f"vae:         {counts.get('vae', 0) / 1e6:.2f}M parameters, downsampling x{config.vae.downsample_factor}, {config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}")
     print(f"text:        {config.text_encoder or 'none (unconditional)'}")
+    if "subjects" in parts:
+        from .subjects import SubjectIndex
+
+        index = SubjectIndex.from_part(parts["subjects"])
+        print(f"subjects:    {len(index.names)} ({len(index.vectors)} phrases); prompts draw the nearest one (--subject off: the prompt's own words)")
     print(f"image size:  {config.image_size}x{config.image_size}")
     print(f"defaults:    {', '.join(f'{k}={v}' for k, v in config.defaults.items())}")
     return 0
@@ -313,7 +323,7 @@ def cmd_eval(args) -> int:
         raise UserError("--batch-size must be at least 1")
     run_eval(model=args.model, data=args.data, judge=args.judge, out=args.out, prompts_file=args.prompts,
              images_per_prompt=args.images_per_prompt, samplers=samplers, steps=steps, guidance=args.guidance,
-             batch_size=args.batch_size, device=args.device, grid_path=args.grid, quick=args.quick)
+             batch_size=args.batch_size, device=args.device, grid_path=args.grid, quick=args.quick, subject=args.subject)
     return 0
 
 

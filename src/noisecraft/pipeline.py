@@ -34,6 +34,7 @@ from .models.unet import UNet, timestep_embedding
 from .models.vae import AutoencoderKL
 from .pngmeta import format_parameters
 from .samplers import resolve_sampler, to_vp
+from .subjects import SubjectIndex
 
 MAX_SIDE = 4096
 MAX_STEPS = 1000
@@ -88,6 +89,7 @@ class Settings:
     seed: int
     num_images: int
     strength: float | None = None  # img2img / inpainting: how much of the start image is re-noised
+    subject: str | None = None  # words the UNet reads instead of the prompt's (see subjects.py); None: the prompt's
 
 
 class Pipeline:
@@ -102,8 +104,9 @@ class Pipeline:
 
     def __init__(self, config: ModelConfig, unet: UNet, vae: AutoencoderKL | None, text_encoder, *,
                  device: torch.device, dtype: torch.dtype = torch.float32, name: str = "", file: Path | None = None,
-                 family: str = "noisecraft"):
+                 family: str = "noisecraft", subjects: SubjectIndex | None = None):
         self.config, self.unet, self.vae, self.text_encoder = config, unet, vae, text_encoder
+        self.subjects = subjects  # the model's subject index, if its file has one (nearest-subject prompts)
         self.device, self.dtype, self.name, self.file, self.family = device, dtype, name or config.name, file, family
         self._hash: str | None = None
         self.vae_tiling: bool | None = None  # None: tile only images larger than TILE_ABOVE latent pixels
@@ -148,7 +151,8 @@ class Pipeline:
             name = config.name
         else:  # what users call it: the folder of a run's model.safetensors, else the file's stem
             name = file.parent.name if file.name == "model.safetensors" else file.stem
-        return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=name, file=file)
+        subjects = SubjectIndex.from_part(parts["subjects"]) if "subjects" in parts and text_encoder is not None else None
+        return cls(config, unet, vae, text_encoder, device=device, dtype=dtype, name=name, file=file, subjects=subjects)
 
     @classmethod
     def _from_sd(cls, ckpt: sdfiles.SDCheckpoint, device, dtype, vae_path) -> "Pipeline":
@@ -247,11 +251,13 @@ class Pipeline:
 
     def settings(self, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, width=None,
                  height=None, seed=None, num_images=1, guidance_rescale=0.0, strength=None,
-                 init_size: tuple[int, int] | None = None) -> Settings:
+                 init_size: tuple[int, int] | None = None, subject: str | None = "auto") -> Settings:
         """Fill in the model's defaults and check every value, raising `UserError` with one sentence.
 
         `init_size` is the start image's (width, height) for img2img: it sets the default size and
-        makes `strength` (default 0.75) apply.
+        makes `strength` (default 0.75) apply. `subject`: "auto" reads the nearest subject of the
+        model's subject index (if it has one) instead of the prompt's words, "off" (or None) the
+        prompt's own words, any other text that text's words (see `noisecraft.subjects`).
         """
         defaults = self.config.defaults
         if not isinstance(prompt, str):
@@ -296,7 +302,19 @@ class Pipeline:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise UserError(f"seed must be a whole number from 0 (or -1 for random), not {seed!r}", field="seed")
         return Settings(prompt, negative_prompt or "", steps, guidance_scale, float(guidance_rescale), spec.name,
-                        width, height, seed, num_images, strength)
+                        width, height, seed, num_images, strength, self._subject(prompt, subject))
+
+    def _subject(self, prompt: str, subject: str | None) -> str | None:
+        """What `settings` keeps as Settings.subject: None wherever the prompt's own words are read."""
+        if subject is None or subject == "off" or self.text_encoder is None:
+            return None
+        if not isinstance(subject, str) or not subject.strip():
+            raise UserError("subject must be 'auto', 'off' or the words to draw", field="subject")
+        if subject == "auto":
+            if self.subjects is None:
+                return None
+            subject = self.subjects.nearest(self.text_encoder.encode([prompt]).pooled)[0]
+        return None if subject == prompt else subject
 
     # -- generation ---------------------------------------------------------------------------
     def __call__(self, prompt: str, negative_prompt: str = "", steps: int | None = None,
@@ -305,13 +323,15 @@ class Pipeline:
                  guidance_rescale: float = 0.0, batch_size: int = 16,
                  callback: Callable | None = None, *, init_image: Image.Image | None = None,
                  strength: float | None = None, mask_image: Image.Image | None = None,
-                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+                 subject: str | None = "auto", output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """Make `num_images` pictures for `prompt`; each carries its A1111 parameters in ``image.info``.
 
         With `init_image`, start from that picture re-noised by `strength` (img2img); with
         `mask_image` as well, repaint only where the mask is white (inpainting).
         `callback(step, total_steps, x0)` is called after every sampling step of every batch; it may
         raise to interrupt. `batch_size` bounds how many images share one network call.
+        `subject`: "auto" draws the nearest subject the model knows when its file has a subject index
+        (the built-in model does), "off" the prompt's own words (see `noisecraft.subjects`).
         `output_type="pt"` returns the pictures as one float tensor [N, 3, H, W] in [0, 1] instead.
         """
         if output_type not in ("pil", "pt"):
@@ -321,7 +341,7 @@ class Pipeline:
         if init_image is not None and self.vae is None:
             raise UserError("img2img needs a latent model with an autoencoder; this pixel model has none", field="init_image")
         s = self.settings(prompt, negative_prompt, steps, guidance_scale, sampler, width, height, seed, num_images,
-                          guidance_rescale, strength, init_image.size if init_image is not None else None)
+                          guidance_rescale, strength, init_image.size if init_image is not None else None, subject)
         init = _pixels(init_image, s.width, s.height) if init_image is not None else None
         mask = _mask(mask_image, s.width, s.height) if mask_image is not None else None
         images = []
@@ -338,8 +358,10 @@ class Pipeline:
                 raise
         return torch.cat(images) if output_type == "pt" else images
 
-    def encode_prompts(self, prompts: list[str], size: tuple[int, int] | None = None) -> dict:
+    def encode_prompts(self, prompts: list[str], size: tuple[int, int] | None = None, words: list[str] | None = None) -> dict:
         """The conditioning dict the UNet takes (`context`, `context_mask`, `y`) for a batch of prompts.
+
+        `words`: texts whose token states replace the prompts' (the pooled vectors stay the prompts').
 
         SDXL's `y` is [pooled text | sinusoids of (height, width, crop top, crop left, height, width)]
         for an image of `size` (width, height), uncropped (Podell et al. 2023, Sec. 2.2).
@@ -347,6 +369,9 @@ class Pipeline:
         if self.text_encoder is None:
             return {}
         emb: TextEmbedding = self.text_encoder.encode(prompts).to(self.device)
+        if words is not None and words != prompts:
+            read = self.text_encoder.encode(words).to(self.device)
+            emb = TextEmbedding(read.tokens, emb.pooled, read.mask)
         if self.family == "sdxl":  # an empty prompt means zero conditioning, as SDXL was trained (sgm's ucg)
             empty = torch.tensor([not p for p in prompts], device=self.device)
             emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
@@ -370,7 +395,8 @@ class Pipeline:
         spec = resolve_sampler(s.sampler)
         n = len(seeds)
         guided = s.guidance_scale != 1.0 and self.text_encoder is not None
-        both = self.encode_prompts([s.prompt] * n + ([s.negative_prompt] * n if guided else []), (s.width, s.height))
+        negatives = [s.negative_prompt] * n if guided else []
+        both = self.encode_prompts([s.prompt] * n + negatives, (s.width, s.height), [s.subject or s.prompt] * n + negatives)
         cond = {k: v[:n] for k, v in both.items()}
         uncond = {k: v[n:] for k, v in both.items()} if guided else None
 
@@ -454,7 +480,7 @@ class Pipeline:
         return format_parameters(
             s.prompt, s.negative_prompt, Steps=s.steps, Sampler=spec.a1111_name, CFG_scale=s.guidance_scale,
             Seed=seed, Size=f"{s.width}x{s.height}", Model_hash=self.hash or None, Model=self.name,
-            Denoising_strength=s.strength, CFG_Rescale_phi=s.guidance_rescale or None,
+            Denoising_strength=s.strength, CFG_Rescale_phi=s.guidance_rescale or None, Subject=s.subject,
             Lora=", ".join(f"{name}: {scale:g}" for name, scale, _ in self.loras) or None,
             Lora_hashes=", ".join(f"{name}: {short}" for name, _, short in self.loras) or None,
             Version=f"noisecraft {_version()}")

@@ -227,6 +227,12 @@ def captions(name: str, tags: list[str], category: str, style: str, count: int =
     return [text for text in dict.fromkeys(pool) if text][:max(1, count)]
 
 
+def subject_phrases(rows: list[dict]) -> dict[str, str]:
+    """Phrase -> emoji name for a subject index (noisecraft.subjects): each picture's main caption
+    without its style words ("palm tree, plant, beach, tropical"); the names themselves are added there."""
+    return {row["text"].removesuffix(f", {row['style']} style"): row["name"] for row in rows}
+
+
 # -- building ---------------------------------------------------------------------------------------
 def _flatten(path: Path, size: int) -> Image.Image:
     """RGB with the transparent parts white, at `size` px (LANCZOS where it is not the source's 64)."""

@@ -16,7 +16,8 @@ def markdown_report(result: dict) -> str:
         "",
         f"{result['prompts']['names']} plain names and {result['prompts']['paraphrases']} paraphrases "
         f"({result['prompts_file']}), {result['images_per_prompt']} pictures each ({result['seeds']}), "
-        f"guidance {result['guidance_scale']}, {result['size'][1]}x{result['size'][0]} px. "
+        f"guidance {result['guidance_scale']}, {result['size'][1]}x{result['size'][0]} px, "
+        f"subject {result.get('subject', 'auto')} (see noisecraft/subjects.py). "
         f"Judge: {result['judge']['path']} ({result['judge']['classes']} classes). "
         f"Real images: {result['real_images']} ({result['data']}). Runtime {result['runtime_minutes']} min "
         f"(generating the pictures took {result['generation_minutes']} min when they were made; reruns reuse them).",
@@ -53,9 +54,9 @@ def markdown_report(result: dict) -> str:
     d = result["default"]
     lines += ["", f"Per prompt ({d['sampler']}, {d['steps']} steps): hits out of {result['images_per_prompt']}, "
               "and what the judge names each picture.", "",
-              "| prompt | intended | top-1 | top-5 | judge's top-1 guesses |", "|---|---|---:|---:|---|"]
+              "| prompt | intended | subject drawn | top-1 | top-5 | judge's top-1 guesses |", "|---|---|---|---:|---:|---|"]
     for p in result["per_prompt"]:
-        lines.append(f"| {p['prompt']} | {p['target']} | {p['top1_hits']} | {p['top5_hits']} | {', '.join(p['judge_says'])} |")
+        lines.append(f"| {p['prompt']} | {p['target']} | {p.get('subject') or '(the prompt)'} | {p['top1_hits']} | {p['top5_hits']} | {', '.join(p['judge_says'])} |")
     return "\n".join(lines) + "\n"
 
 

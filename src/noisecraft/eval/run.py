@@ -70,7 +70,7 @@ def _slug(text: str) -> str:
 
 
 def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prompt: int, folder: Path,
-                 guidance: float | None = None, batch_size: int = 16, log=print) -> tuple[torch.Tensor, float | None, int]:
+                 guidance: float | None = None, batch_size: int = 16, log=print, subject: str = "auto") -> tuple[torch.Tensor, float | None, int]:
     """All pictures of one configuration as uint8 [N, 3, H, W], prompt-major; also the measured seconds
     per picture (kept in ``folder/timing.json``, so a resumed or cached run still reports the time
     the pictures took) and the number of pictures made now (cached ones cost nothing)."""
@@ -80,14 +80,14 @@ def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prom
     images, made = [], 0
     for i, prompt in enumerate(prompts):
         seed = i * per_prompt
-        s = pipe.settings(prompt.text, "", steps, guidance, sampler, seed=seed, num_images=per_prompt)
+        s = pipe.settings(prompt.text, "", steps, guidance, sampler, seed=seed, num_images=per_prompt, subject=subject)
         paths = [folder / f"{i:03d}-{_slug(prompt.text)}-{seed + k}.png" for k in range(per_prompt)]
         if all(p.exists() and read_parameters(p) == pipe.parameters_text(s, seed + k) for k, p in enumerate(paths)):
             pictures = [Image.open(p) for p in paths]
         else:
             started = time.perf_counter()
             pictures = pipe(s.prompt, "", s.steps, s.guidance_scale, s.sampler, seed=s.seed, num_images=per_prompt,
-                            batch_size=batch_size)
+                            batch_size=batch_size, subject=s.subject or "off")
             timing[paths[0].stem] = [time.perf_counter() - started, len(pictures)]
             made += len(pictures)
             for picture, path in zip(pictures, paths):
@@ -177,10 +177,12 @@ def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict
 def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str | Path, prompts_file: str | Path,
              images_per_prompt: int = 4, samplers: list[str] = ("ddim", "euler", "dpmpp_2m_karras"),
              steps: list[int] = (10, 20, 50), guidance: float | None = None, batch_size: int = 16,
-             device: str = "auto", grid_path: str | Path | None = None, quick: bool = False, log=print) -> dict:
+             device: str = "auto", grid_path: str | Path | None = None, quick: bool = False, subject: str = "auto",
+             log=print) -> dict:
     """The whole evaluation; writes ``OUT/results.json``, ``OUT/results.md`` and a sample grid.
 
     `quick`: only the model's default sampler and steps, and the first 20 names and 10 paraphrases.
+    `subject`: "auto" (nearest-subject prompts where the model has a subject index) or "off".
     """
     from ..pipeline import Pipeline
 
@@ -216,7 +218,7 @@ def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str
     for sampler in samplers:
         for n in steps:
             images, per_image, made = generate_set(pipe, prompts, sampler, n, images_per_prompt,
-                                                   out / "images" / f"{sampler}-{n}", guidance, batch_size, log)
+                                                   out / "images" / f"{sampler}-{n}", guidance, batch_size, log, subject)
             logits, feats = judge_batches(the_judge, images)
             row = {"sampler": sampler, "steps": n, **adherence(logits, targets, groups),
                    "fd": round(frechet_distance(feats, intended), 3), "fd_all": round(frechet_distance(feats, real_feats), 3),
@@ -233,6 +235,7 @@ def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str
         rows = slice(i * images_per_prompt, (i + 1) * images_per_prompt)
         guesses = logits[rows].argmax(1).tolist()
         per_prompt.append({"prompt": p.text, "group": p.group, "target": p.target,
+                           "subject": pipe.settings(p.text, subject=subject).subject,
                            "seeds": list(range(i * images_per_prompt, (i + 1) * images_per_prompt)),
                            "top1_hits": int(topk_hits(logits[rows], targets[rows], 1).sum()),
                            "top5_hits": int(topk_hits(logits[rows], targets[rows], 5).sum()),
@@ -243,6 +246,7 @@ def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str
               "prompts": {g: sum(p.group == g for p in prompts) for g in GROUPS}, "images_per_prompt": images_per_prompt,
               "seeds": "prompt i (in file order, names then paraphrases) uses seeds i*images_per_prompt + k",
               "guidance_scale": guidance, "negative_prompt": "", "size": list(images.shape[-2:]),
+              "subject": subject if pipe.subjects is not None else "none (the model has no subject index)",
               "quick": quick, "default": {"sampler": key[0], "steps": key[1]}, "floors": floors, "autoencoder_ceiling": ceiling, "configs": configs,
               "per_prompt": per_prompt, "runtime_minutes": round((time.perf_counter() - started) / 60, 1),
               "generation_minutes": round(sum((c["seconds_per_image"] or 0) * len(targets) for c in configs) / 60, 1)}

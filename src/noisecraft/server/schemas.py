@@ -47,6 +47,8 @@ class GenerationRequest(BaseModel):
     width: int | None = None
     height: int | None = None
     guidance_rescale: float = Field(0.0, description="noisecraft: CFG rescale phi, 0..1")
+    subject: str = Field("auto", description="noisecraft: 'auto' draws the nearest subject a model with a subject "
+                                             "index knows (the built-in one), 'off' the prompt's own words")
     override_settings: dict[str, Any] | None = Field(None, description="only sd_model_checkpoint is read")
     send_images: bool = True
     save_images: bool = Field(False, description="ignored: the server never writes files")
@@ -173,14 +175,15 @@ def build_plan(pipe, req: GenerationRequest, limits: Limits, init_image: Image.I
         img2img = dict(strength=req.denoising_strength, init_size=init_image.size)
     try:
         s = pipe.settings(req.prompt or "", req.negative_prompt or "", req.steps, req.cfg_scale, sampler, req.width,
-                          req.height, seed, count, req.guidance_rescale, **img2img)
+                          req.height, seed, count, req.guidance_rescale, subject=req.subject, **img2img)
     except UserError as error:
         raise FieldError((field_of(error) or ("body",))[0], str(error)) from None
     for name in ("width", "height"):  # a default taken from the start image
         if getattr(s, name) > max_side:
             raise FieldError(name, f"{name} {getattr(s, name)} is larger than the {max_side} pixels this server allows for this model")
     kwargs = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, steps=s.steps, guidance_scale=s.guidance_scale,
-                  sampler=s.sampler, width=s.width, height=s.height, guidance_rescale=s.guidance_rescale)
+                  sampler=s.sampler, width=s.width, height=s.height, guidance_rescale=s.guidance_rescale,
+                  subject=s.subject or "off")
     if init_image is not None:
         kwargs.update(init_image=init_image, strength=getattr(s, "strength", req.denoising_strength), mask_image=mask_image)
     return Plan(kwargs, s.seed, count, req.batch_size)
@@ -238,7 +241,8 @@ def info_json(plan: Plan, pipe, images: list[Image.Image], *, interrupted: bool 
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": getattr(pipe, "name", None), "sd_model_hash": getattr(pipe, "hash", None),
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": k.get("strength") or 0, "extra_generation_params": {},
+        "denoising_strength": k.get("strength") or 0,
+        "extra_generation_params": {"Subject": k["subject"]} if k.get("subject", "off") != "off" else {},
         "index_of_first_image": 0, "infotexts": [image.info.get("parameters", "") for image in images],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
         "is_using_inpainting_conditioning": False, "version": f"noisecraft {__version__}",

@@ -1,0 +1,63 @@
+"""Nearest-subject prompts: how a small model with a closed list of subjects reads new wordings.
+
+A model trained on a few thousand captioned pictures (the built-in emoji model) learns to draw from
+the words of its captions, and a wording it never saw ("a spaceship taking off") gives token states
+it cannot read, although the text encoder's sentence vector of that wording lies close to the
+sentence vector of the subject it means ("rocket"). A model file can therefore carry a subject
+index: the subjects it was trained on (emoji names), and the sentence vectors of some phrases for
+each (the name itself, its name + keywords caption). At generation, the prompt's sentence vector
+picks the nearest phrase, and the UNet reads the words of that phrase's subject instead of the
+prompt's own (the prompt's sentence vector stays). A prompt that is a subject name maps to itself,
+so it is drawn exactly as without the index. The chosen subject is written into the picture's
+parameters (``Subject: rocket``), and ``subject="off"`` uses the prompt's own words.
+
+This is retrieval (nearest neighbour in the text encoder's sentence space), not learning: it cannot
+draw a subject the model does not know, and it keeps only the subject of a prompt, not its details.
+
+In a model file the index is the part ``subjects``: ``vectors`` [K, D] (unit sentence vectors of
+the phrases), ``owner`` [K] (the subject of each phrase) and ``names`` (the subjects, UTF-8,
+one per line, as uint8).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SubjectIndex:
+    names: list[str]
+    vectors: torch.Tensor  # [K, D] unit sentence vectors of the phrases
+    owner: torch.Tensor  # [K] index into `names` of each phrase's subject
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, encoder, phrases: dict[str, str], batch: int = 256) -> "SubjectIndex":
+        """An index of `phrases` (phrase -> its subject name) with `encoder`'s sentence vectors.
+
+        Each subject name is a phrase of its own as well, so a prompt that is a name finds itself.
+        """
+        phrases = dict(phrases) | {name: name for name in phrases.values()}
+        names = sorted(set(phrases.values()))
+        number = {name: i for i, name in enumerate(names)}
+        keys = sorted(phrases)
+        vectors = torch.cat([encoder.encode(keys[i : i + batch]).pooled.float().cpu() for i in range(0, len(keys), batch)])
+        return cls(names, vectors, torch.tensor([number[phrases[k]] for k in keys], dtype=torch.int32))
+
+    def nearest(self, pooled: torch.Tensor) -> list[str]:
+        """The subject nearest (cosine) to each sentence vector of `pooled` [B, D]."""
+        scores = pooled.float().to(self.vectors.device) @ self.vectors.float().T
+        return [self.names[int(self.owner[k])] for k in scores.argmax(dim=1).tolist()]
+
+    def to_part(self) -> dict[str, torch.Tensor]:
+        text = "\n".join(self.names).encode("utf-8")
+        return {"vectors": self.vectors, "owner": self.owner,
+                "names": torch.frombuffer(bytearray(text), dtype=torch.uint8)}
+
+    @classmethod
+    def from_part(cls, part: dict[str, torch.Tensor]) -> "SubjectIndex":
+        names = part["names"].to(torch.uint8).numpy().tobytes().decode("utf-8").split("\n")
+        owner = part["owner"].long()
+        if part["vectors"].ndim != 2 or len(owner) != len(part["vectors"]) or int(owner.max()) >= len(names):
+            raise ValueError("the subject index is inconsistent (vectors, owners and names do not match)")
+        return cls(names, part["vectors"].float(), owner)

@@ -33,4 +33,8 @@ def test_builtin_model_draws_the_nearest_of_its_emoji_names():
     names = pipe.subjects.names
     vectors = torch.cat([pipe.text_encoder.encode(names[i : i + 256]).pooled for i in range(0, len(names), 256)])
     assert pipe.subjects.nearest(vectors) == names  # a prompt that is an emoji name is drawn as itself
-    assert [pipe.settings(p).subject for p in ("a smartphone", "a bike", "palm tree")] == ["mobile phone", "bicycle", None]
+    assert [pipe.settings(p).subject for p in ("a smartphone", "a bike", "palm tree", "family: man, woman, girl")] == \
+        ["mobile phone", "bicycle", None, None]
+    # the subject of a long prompt is found in its parts: "a pizza" outweighs the style words
+    assert pipe.settings("a pizza, professional product photography, isolated on a clean white seamless "
+                         "background, soft diffused studio lighting, sharp focus").subject == "pizza"

@@ -35,6 +35,7 @@ def test_names_find_themselves_and_new_wordings_find_their_subject(encoder, inde
     names = ["palm tree", "rocket", "red apple", "piñata"]
     assert index.nearest(encoder.encode(names).pooled) == names
     assert index.nearest(encoder.encode(["a spaceship taking off", "a tropical beach tree"]).pooled) == ["rocket", "palm tree"]
+    assert index.subject_of(encoder, "a red apple, studio lighting, soft shadow, sharp focus, high detail") == "red apple"
 
 
 def test_the_index_survives_a_model_file_round_trip(tmp_path, index):

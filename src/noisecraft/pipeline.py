@@ -313,7 +313,7 @@ class Pipeline:
         if subject == "auto":
             if self.subjects is None:
                 return None
-            subject = self.subjects.nearest(self.text_encoder.encode([prompt]).pooled)[0]
+            subject = self.subjects.subject_of(self.text_encoder, prompt)
         return None if subject == prompt else subject
 
     # -- generation ---------------------------------------------------------------------------

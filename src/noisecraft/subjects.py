@@ -1,15 +1,16 @@
 """Nearest-subject prompts: how a small model with a closed list of subjects reads new wordings.
 
 A model trained on a few thousand captioned pictures (the built-in emoji model) learns to draw from
-the words of its captions, and a wording it never saw ("a spaceship taking off") gives token states
-it cannot read, although the text encoder's sentence vector of that wording lies close to the
-sentence vector of the subject it means ("rocket"). A model file can therefore carry a subject
-index: the subjects it was trained on (emoji names), and the sentence vectors of some phrases for
-each (the name itself, its name + keywords caption). At generation, the prompt's sentence vector
-picks the nearest phrase, and the UNet reads the words of that phrase's subject instead of the
-prompt's own (the prompt's sentence vector stays). A prompt that is a subject name maps to itself,
-so it is drawn exactly as without the index. The chosen subject is written into the picture's
-parameters (``Subject: rocket``), and ``subject="off"`` uses the prompt's own words.
+the words of its captions; a wording it never saw ("a carved halloween pumpkin") gives token states
+it cannot read, although the text encoder's sentence vector of that wording lies close to those of
+the subject it means ("jack-o-lantern"). A model file can therefore carry a subject index: the
+subjects it was trained on (emoji names) and the sentence vectors of some phrases for each (the
+name itself, its name + keywords caption). At generation the prompt's sentence vector, or that of
+one of its comma-separated parts if nearer, picks the nearest phrase, and the UNet reads the words
+of that phrase's subject instead of the prompt's own (the prompt's sentence vector stays). A prompt
+that is a subject name finds itself, so it is drawn exactly as without the index. The chosen
+subject is written into the picture's parameters (``Subject: jack-o-lantern``), and
+``subject="off"`` reads the prompt's own words.
 
 This is retrieval (nearest neighbour in the text encoder's sentence space), not learning: it cannot
 draw a subject the model does not know, and it keeps only the subject of a prompt, not its details.
@@ -46,8 +47,22 @@ class SubjectIndex:
 
     def nearest(self, pooled: torch.Tensor) -> list[str]:
         """The subject nearest (cosine) to each sentence vector of `pooled` [B, D]."""
-        scores = pooled.float().to(self.vectors.device) @ self.vectors.float().T
-        return [self.names[int(self.owner[k])] for k in scores.argmax(dim=1).tolist()]
+        return [self.names[int(self.owner[k])] for k in self._scores(pooled).argmax(dim=1).tolist()]
+
+    @torch.no_grad()
+    def subject_of(self, encoder, prompt: str) -> str:
+        """The subject of a prompt: the nearest to the whole prompt or to any of its comma-separated
+        parts, whichever is nearest, so that "a pizza, food photography, warm light" finds pizza
+        although its style words outweigh "a pizza" in the sentence vector of the whole."""
+        if prompt in self.names:  # "family: man, woman, girl" is a subject, not three
+            return prompt
+        parts = [part.strip() for part in prompt.split(",") if part.strip()]
+        candidates = [prompt] + (parts if len(parts) > 1 else [])
+        best = self._scores(encoder.encode(candidates).pooled).max(dim=0).values.argmax()
+        return self.names[int(self.owner[best])]
+
+    def _scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled.float().to(self.vectors.device) @ self.vectors.float().T
 
     def to_part(self) -> dict[str, torch.Tensor]:
         text = "\n".join(self.names).encode("utf-8")

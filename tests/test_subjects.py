@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_model_file
 from noisecraft.checkpoints import load_model_file, save_model_file
 from noisecraft.datasets.emoji import subject_phrases
-from noisecraft.errors import UserError
+from noisecraft.errors import ModelFileError, UserError
 from noisecraft.models.text import load_text_encoder
 from noisecraft.pipeline import Pipeline
 from noisecraft.pngmeta import parse_parameters, read_parameters
@@ -45,7 +45,7 @@ def test_the_index_survives_a_model_file_round_trip(tmp_path, index):
     back = SubjectIndex.from_part(load_model_file(file)[1]["subjects"])
     assert back.names == index.names and torch.equal(back.owner, index.owner.long())
     assert torch.allclose(back.vectors, index.vectors, atol=1e-3)
-    with pytest.raises(ValueError, match="inconsistent"):
+    with pytest.raises(ModelFileError, match="inconsistent"):
         SubjectIndex.from_part(index.to_part() | {"owner": torch.full((len(index.vectors),), 99, dtype=torch.int32)})
 
 

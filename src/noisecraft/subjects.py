@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ModelFileError
+
 
 @dataclass
 class SubjectIndex:
@@ -73,6 +75,6 @@ class SubjectIndex:
     def from_part(cls, part: dict[str, torch.Tensor]) -> "SubjectIndex":
         names = part["names"].to(torch.uint8).numpy().tobytes().decode("utf-8").split("\n")
         owner = part["owner"].long()
-        if part["vectors"].ndim != 2 or len(owner) != len(part["vectors"]) or int(owner.max()) >= len(names):
-            raise ValueError("the subject index is inconsistent (vectors, owners and names do not match)")
+        if part["vectors"].ndim != 2 or len(owner) != len(part["vectors"]) or not len(owner) or int(owner.max()) >= len(names):
+            raise ModelFileError("the model file's subject index is inconsistent (vectors, owners and names do not match); copy the file again")
         return cls(names, part["vectors"].float(), owner)

@@ -23,6 +23,7 @@ from noisecraft.eval.metrics import topk_hits
 from noisecraft.eval.run import load_prompts
 from noisecraft.models.text import TextEmbedding
 from noisecraft.pipeline import Pipeline
+from noisecraft.subjects import sentence_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ class TakenApart:
 
 
 def encoder_ceiling(encoder, prompts, names: list[str]) -> dict[str, dict[str, float]]:
-    vectors = torch.cat([encoder.encode(names[i : i + 256]).pooled for i in range(0, len(names), 256)])
+    vectors = sentence_vectors(encoder, names)
     result = {}
     for group in sorted({p.group for p in prompts}):
         chosen = [p for p in prompts if p.group == group]

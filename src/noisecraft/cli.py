@@ -207,7 +207,7 @@ def cmd_generate(args) -> int:
     images = pipe(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale, settings.sampler,
                   settings.width, settings.height, settings.seed, settings.num_images, settings.guidance_rescale,
                   batch_size=args.batch_size, init_image=init, strength=settings.strength, mask_image=mask,
-                  subject=settings.subject or "off")
+                  subject=settings.subject)
     paths = _output_paths(args.out, settings.prompt, [settings.seed + k for k in range(len(images))])
     for image, path in zip(images, paths):
         save_png(image, path)

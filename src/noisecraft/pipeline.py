@@ -331,7 +331,8 @@ class Pipeline:
         `callback(step, total_steps, x0)` is called after every sampling step of every batch; it may
         raise to interrupt. `batch_size` bounds how many images share one network call.
         `subject`: "auto" draws the nearest subject the model knows when its file has a subject index
-        (the built-in model does), "off" the prompt's own words (see `noisecraft.subjects`).
+        (the built-in model does), "off" or None the prompt's own words, any other text that text's
+        words, so a `Settings.subject` passes straight through (see `noisecraft.subjects`).
         `output_type="pt"` returns the pictures as one float tensor [N, 3, H, W] in [0, 1] instead.
         """
         if output_type not in ("pil", "pt"):

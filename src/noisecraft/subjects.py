@@ -27,6 +27,12 @@ import torch
 from .errors import ModelFileError
 
 
+@torch.no_grad()
+def sentence_vectors(encoder, texts: list[str], batch: int = 256) -> torch.Tensor:
+    """The text encoder's pooled sentence vectors of `texts` [N, D] (float32, CPU), `batch` at a time."""
+    return torch.cat([encoder.encode(texts[i : i + batch]).pooled.float().cpu() for i in range(0, len(texts), batch)])
+
+
 @dataclass
 class SubjectIndex:
     names: list[str]
@@ -44,8 +50,7 @@ class SubjectIndex:
         names = sorted(set(phrases.values()))
         number = {name: i for i, name in enumerate(names)}
         keys = sorted(phrases)
-        vectors = torch.cat([encoder.encode(keys[i : i + batch]).pooled.float().cpu() for i in range(0, len(keys), batch)])
-        return cls(names, vectors, torch.tensor([number[phrases[k]] for k in keys], dtype=torch.int32))
+        return cls(names, sentence_vectors(encoder, keys, batch), torch.tensor([number[phrases[k]] for k in keys], dtype=torch.int32))
 
     def nearest(self, pooled: torch.Tensor) -> list[str]:
         """The subject nearest (cosine) to each sentence vector of `pooled` [B, D]."""

@@ -87,7 +87,7 @@ def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prom
         else:
             started = time.perf_counter()
             pictures = pipe(s.prompt, "", s.steps, s.guidance_scale, s.sampler, seed=s.seed, num_images=per_prompt,
-                            batch_size=batch_size, subject=s.subject or "off")
+                            batch_size=batch_size, subject=s.subject)
             timing[paths[0].stem] = [time.perf_counter() - started, len(pictures)]
             made += len(pictures)
             for picture, path in zip(pictures, paths):

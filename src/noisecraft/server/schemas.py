@@ -183,7 +183,7 @@ def build_plan(pipe, req: GenerationRequest, limits: Limits, init_image: Image.I
             raise FieldError(name, f"{name} {getattr(s, name)} is larger than the {max_side} pixels this server allows for this model")
     kwargs = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, steps=s.steps, guidance_scale=s.guidance_scale,
                   sampler=s.sampler, width=s.width, height=s.height, guidance_rescale=s.guidance_rescale,
-                  subject=s.subject or "off")
+                  subject=s.subject)
     if init_image is not None:
         kwargs.update(init_image=init_image, strength=getattr(s, "strength", req.denoising_strength), mask_image=mask_image)
     return Plan(kwargs, s.seed, count, req.batch_size)
@@ -242,7 +242,7 @@ def info_json(plan: Plan, pipe, images: list[Image.Image], *, interrupted: bool 
         "sd_model_name": getattr(pipe, "name", None), "sd_model_hash": getattr(pipe, "hash", None),
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": k.get("strength") or 0,
-        "extra_generation_params": {"Subject": k["subject"]} if k.get("subject", "off") != "off" else {},
+        "extra_generation_params": {"Subject": k["subject"]} if k.get("subject") else {},
         "index_of_first_image": 0, "infotexts": [image.info.get("parameters", "") for image in images],
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
         "is_using_inpainting_conditioning": False, "version": f"noisecraft {__version__}",

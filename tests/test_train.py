@@ -253,3 +253,25 @@ def test_dropout_settings_are_checked(tmp_path):
         load_train_config(config)
     config.write_text('[model]\nkind = "pixel"\n[data]\ntoken_dropout = 0.3\n')
     assert load_train_config(config).data.token_dropout == 0.3
+
+
+def test_bf16_autocast_trains(data):
+    """The GPU recipe's precision (bf16 autocast, configs/emoji-*-gpu.toml), here on the CPU."""
+    result = Trainer(tiny_config(data, steps=3, precision="bf16"), progress=False, log=lambda *a: None).train()
+    assert result.status == "done" and result.bad_steps == 0
+
+
+def test_checked_in_configs_load_and_chain():
+    """Every config under configs/ is valid, and each init_from / vae_path is another config's output."""
+    from pathlib import Path
+
+    from noisecraft.train.config import load_train_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = {path.name: load_train_config(path) for path in sorted(root.glob("*.toml"))}
+    assert len(configs) >= 10
+    made = {(c.base_dir / c.train.out).resolve() / "model.safetensors" for c in configs.values()}
+    for name, c in configs.items():
+        for needed in (c.train.init_from, c.model.vae_path):
+            if needed:
+                assert (c.base_dir / needed).resolve() in made, f"{name}: {needed} is no config's output"

@@ -46,7 +46,7 @@ from ..errors import ModelFileError, UserError
 from ..weightfiles import load_weights
 from ..prompts import CHUNK, empty_chunk, emphasize, tokenize_prompt
 from .clip_tokenizer import EOS, CLIPTokenizer, read_pad_token
-from .text import TextEmbedding
+from .text import TextEmbedding, embedding
 
 
 @dataclass
@@ -103,8 +103,8 @@ class CLIPTextTransformer(nn.Module):
         self.config = c
         self.text_model = tm = nn.Module()
         tm.embeddings = nn.Module()
-        tm.embeddings.token_embedding = nn.Embedding(c.vocab_size, c.width)
-        tm.embeddings.position_embedding = nn.Embedding(c.max_positions, c.width)
+        tm.embeddings.token_embedding = embedding(c.vocab_size, c.width)
+        tm.embeddings.position_embedding = embedding(c.max_positions, c.width)
         tm.encoder = nn.Module()
         tm.encoder.layers = nn.ModuleList(CLIPLayer(c) for _ in range(c.layers))
         tm.final_layer_norm = nn.LayerNorm(c.width, eps=c.eps)

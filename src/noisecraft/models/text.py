@@ -22,6 +22,13 @@ import torch
 from torch import nn
 
 
+def embedding(count: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(count, dim); under ``torch.device("meta")`` without its random init, whose meta
+    path imports torch._dynamo (about 1.5 s of a cold start) for values that are replaced anyway."""
+    weight = torch.empty(count, dim)
+    return nn.Embedding.from_pretrained(weight, freeze=False) if weight.is_meta else nn.Embedding(count, dim)
+
+
 @dataclass
 class TextEmbedding:
     tokens: torch.Tensor
@@ -102,9 +109,9 @@ class MiniLMEncoder(nn.Module):
         dim, eps = config["hidden_size"], config["layer_norm_eps"]
         with torch.device("meta"):
             self.embeddings = nn.Module()
-            self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], dim)
-            self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], dim)
-            self.embeddings.token_type_embeddings = nn.Embedding(config["type_vocab_size"], dim)
+            self.embeddings.word_embeddings = embedding(config["vocab_size"], dim)
+            self.embeddings.position_embeddings = embedding(config["max_position_embeddings"], dim)
+            self.embeddings.token_type_embeddings = embedding(config["type_vocab_size"], dim)
             self.embeddings.LayerNorm = nn.LayerNorm(dim, eps=eps)
             self.encoder = nn.Module()
             self.encoder.layer = nn.ModuleList(BertLayer(dim, config["num_attention_heads"], config["intermediate_size"], eps)

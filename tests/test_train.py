@@ -270,8 +270,8 @@ def test_checked_in_configs_load_and_chain():
     root = Path(__file__).resolve().parents[1] / "configs"
     configs = {path.name: load_train_config(path) for path in sorted(root.glob("*.toml"))}
     assert len(configs) >= 10
-    made = {(c.base_dir / c.train.out).resolve() / "model.safetensors" for c in configs.values()}
+    made = {c.resolve(c.train.out).resolve() / "model.safetensors" for c in configs.values()}
     for name, c in configs.items():
         for needed in (c.train.init_from, c.model.vae_path):
             if needed:
-                assert (c.base_dir / needed).resolve() in made, f"{name}: {needed} is no config's output"
+                assert c.resolve(needed).resolve() in made, f"{name}: {needed} is no config's output"

@@ -62,17 +62,16 @@ def twin_unets(size: str, device, dtype):
     """diffusers' UNet with random weights, and noisecraft's UNet holding the very same weights."""
     import diffusers
 
-    from noisecraft import keymaps
+    from noisecraft.checkpoints import build_module, keymaps
     from noisecraft.models.unet import UNet
-    from noisecraft.pipeline import _build
-    from noisecraft.sdfiles import unet_config_from_diffusers
+    from noisecraft.checkpoints.sd_config import unet_config_from_diffusers
 
     torch.manual_seed(0)
     ref = diffusers.UNet2DConditionModel(**SIZES[size]["unet"]).eval()
     config = unet_config_from_diffusers(dict(ref.config))
     with torch.device("meta"):
         keys = UNet(config).state_dict().keys()
-    ours = _build(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), device, dtype)
+    ours = build_module(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), device, dtype)
     return ref.to(device, dtype).requires_grad_(False), ours
 
 

@@ -39,9 +39,9 @@ def texts_of(data: Path) -> list[str]:
 
 
 def pack(data: Path, kit: Path) -> None:
-    from noisecraft.models.text import MiniLMEncoder, _minilm_dir
+    from noisecraft.text.minilm import MiniLMEncoder, minilm_dir
 
-    source = _minilm_dir()
+    source = minilm_dir()
     encoder = MiniLMEncoder(model_dir=source)
     texts = texts_of(data)
     ids = sorted({i for text in texts for i in encoder.tokenizer.encode(text).ids})

@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     prompts = args.prompt or PROMPTS
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
-    subjects = [pipe.settings(p).subject for p in prompts]
+    subjects = [pipe.resolve(p).subject for p in prompts]
     labels = [p + (f" -> {s}" if s else "") for p, s in zip(prompts, subjects)]
     size = 64
     label = 8 + int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t) for t in labels))

@@ -4,7 +4,7 @@
 
 `--vae` swaps in another autoencoder that shares the run's latent space: one whose encoder is the
 very same (a decoder-only fine-tune, configs/emoji-vae-decoder.toml); anything else is refused.
-`--subjects` builds the subject index (noisecraft/subjects.py) from the training data's names and
+`--subjects` builds the subject index (noisecraft/text/subjects.py) from the training data's names and
 main captions, so prompts draw the nearest emoji the model knows.
 The model card (src/noisecraft/builtin/MODEL_CARD.md) is written by hand from the run's numbers.
 """
@@ -19,8 +19,8 @@ import torch
 
 from noisecraft.checkpoints import load_model_file, save_model_file
 from noisecraft.datasets.emoji import subject_phrases
-from noisecraft.models.text import load_text_encoder
-from noisecraft.subjects import SubjectIndex
+from noisecraft.text.minilm import load_text_encoder
+from noisecraft.text.subjects import SubjectIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ROOT / "src" / "noisecraft" / "builtin"

@@ -21,9 +21,9 @@ import torch
 from noisecraft.eval.judge import judge_batches, load_judge
 from noisecraft.eval.metrics import topk_hits
 from noisecraft.eval.run import load_prompts
-from noisecraft.models.text import TextEmbedding
+from noisecraft.text.base import TextEmbedding
 from noisecraft.pipeline import Pipeline
-from noisecraft.subjects import sentence_vectors
+from noisecraft.text.subjects import sentence_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 
-from noisecraft.models.clip_tokenizer import bundled_vocab
+from noisecraft.text.clip_tokenizer import bundled_vocab
 
 # stand-ins for CLIP ViT-L/14 (SD1, SDXL's first), OpenCLIP ViT-H/14 (SD2), ViT-bigG/14 (SDXL's second)
 CLIP_L = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2, hidden_act="quick_gelu")

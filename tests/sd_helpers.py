@@ -20,7 +20,7 @@ import torch
 import diffusers
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-from noisecraft import keymaps
+from noisecraft.checkpoints import keymaps
 from noisecraft.checkpoints import write_safetensors
 
 POOLED, TIME_DIM = 32, 8  # SDXL's pooled text width and per-number sinusoid width, shrunk
@@ -82,7 +82,7 @@ def make_vae(family: str, seed: int = 1) -> "diffusers.AutoencoderKL":
 
 def ldm_unet(unet) -> dict[str, torch.Tensor]:
     """A diffusers UNet's weights in the original layout, checked against diffusers' own converter."""
-    from noisecraft.sdfiles import unet_config_from_diffusers
+    from noisecraft.checkpoints.sd_config import unet_config_from_diffusers
     from noisecraft.models.unet import UNet
 
     config = unet_config_from_diffusers(dict(unet.config))
@@ -97,7 +97,7 @@ def ldm_unet(unet) -> dict[str, torch.Tensor]:
 
 def ldm_vae(vae) -> dict[str, torch.Tensor]:
     """A diffusers VAE's weights in the original layout, checked against diffusers' own converter."""
-    from noisecraft.sdfiles import vae_from_diffusers_layout
+    from noisecraft.checkpoints.sd import vae_from_diffusers_layout
 
     c = vae.config
     state = vae_from_diffusers_layout(vae.state_dict())

@@ -12,9 +12,10 @@ from pathlib import Path
 import uvicorn
 
 from noisecraft.pipeline import Pipeline
-from noisecraft.server.app import ServerSettings, create_app
+from noisecraft.server.app import create_app
 from noisecraft.server.catalog import Catalog, ModelEntry
-from noisecraft.server.schemas import Limits
+from noisecraft.server.context import ServerSettings
+from noisecraft.settings import Limits
 from noisecraft.server.worker import WorkerPool
 
 from helpers import tiny_model_file
@@ -60,8 +61,9 @@ class Controlled:
     def __getattr__(self, name):
         return getattr(self.pipe, name)
 
-    def __call__(self, prompt, *args, callback=None, **kwargs):
+    def __call__(self, request, *args, callback=None, **kwargs):
         self.calls += 1
+        prompt = getattr(request, "prompt", request)  # the server passes resolved Settings
         fault = next((error for key, error in self.faults.items() if key in prompt), None)
 
         outside = next((error for key, error in self.outside_faults.items() if key in prompt), None)
@@ -78,7 +80,7 @@ class Controlled:
             if fault is not None:
                 raise fault
 
-        return self.pipe(prompt, *args, callback=on_step, **kwargs)
+        return self.pipe(request, *args, callback=on_step, **kwargs)
 
 
 def entry_for(path: Path | None, name: str | None = None) -> ModelEntry:

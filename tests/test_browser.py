@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from noisecraft.pngmeta import parse_parameters
-from noisecraft.server.app import ServerSettings
+from noisecraft.server.context import ServerSettings
 
 from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
 

@@ -5,7 +5,8 @@ import sys
 
 from noisecraft.pipeline import Pipeline
 from noisecraft.pngmeta import parse_parameters, read_parameters
-from noisecraft.subjects import sentence_vectors
+from noisecraft.settings import Request
+from noisecraft.text.subjects import sentence_vectors
 
 
 def test_builtin_model_generates_a_64px_picture():
@@ -31,11 +32,11 @@ def test_builtin_model_draws_the_nearest_of_its_emoji_names():
     assert pipe.subjects is not None and len(pipe.subjects.names) > 1000
     names = pipe.subjects.names
     assert pipe.subjects.nearest(sentence_vectors(pipe.text_encoder, names)) == names  # a prompt that is an emoji name is drawn as itself
-    assert [pipe.settings(p).subject for p in ("a smartphone", "a bike", "palm tree", "family: man, woman, girl")] == \
+    assert [pipe.resolve(Request(p)).subject for p in ("a smartphone", "a bike", "palm tree", "family: man, woman, girl")] == \
         ["mobile phone", "bicycle", None, None]
     # the subject of a long prompt is found in its parts: "a pizza" outweighs the style words
-    assert pipe.settings("a pizza, professional product photography, isolated on a clean white seamless "
-                         "background, soft diffused studio lighting, sharp focus").subject == "pizza"
+    assert pipe.resolve(Request("a pizza, professional product photography, isolated on a clean white seamless "
+                                "background, soft diffused studio lighting, sharp focus")).subject == "pizza"
 
 
 def test_loading_the_builtin_model_does_not_import_torch_dynamo():

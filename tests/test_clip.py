@@ -52,9 +52,12 @@ from clip_helpers import (BIG_G, CLIP_L, VIT_H, hf_state, hf_text_model, hf_to_o
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from noisecraft.errors import ModelFileError, UserError
-from noisecraft.models.clip import (SDTextEncoder, openclip_to_hf, sd_text_encoder_from_folder,
-                                    sd_text_encoder_from_single_file, text_family)
-from noisecraft.models.clip_tokenizer import CLIPTokenizer, bundled_vocab
+from noisecraft.checkpoints.embeddings import load_textual_inversion
+from noisecraft.checkpoints.keymaps import openclip_to_hf
+from noisecraft.checkpoints.sd import text_encoder_from_folder as sd_text_encoder_from_folder
+from noisecraft.checkpoints.sd import text_encoder_from_single_file as sd_text_encoder_from_single_file
+from noisecraft.text.clip import SDTextEncoder, text_family
+from noisecraft.text.clip_tokenizer import CLIPTokenizer, bundled_vocab
 
 TOL = 1e-4
 PROMPTS = ["a photo of an astronaut riding a horse on mars, 4k",
@@ -202,7 +205,7 @@ def ti_sd1_case(ctx, tmp: Path):
     vec = torch.randn(2, 128, generator=torch.Generator().manual_seed(5))
     path = save_safetensors(tmp / "mystyle.safetensors", {"emb_params": vec})
     ours = sd_text_encoder_from_single_file(ctx.state, "sd1")
-    assert ours.load_textual_inversion(path) == "mystyle"
+    assert load_textual_inversion(ours, path) == "mystyle"
     pipe = sd_pipe(copy.deepcopy(ctx.hf), hf_tokenizer())
     pipe.load_textual_inversion({"emb_params": vec}, token="mystyle")
     prompts = ["a mystyle photo of a cat", "a photo of a cat"]
@@ -217,7 +220,7 @@ def ti_sdxl_case(ctx, tmp: Path):
     clip_l, clip_g = torch.randn(3, 128, generator=g), torch.randn(3, 192, generator=g)
     path = save_safetensors(tmp / "xlstyle.safetensors", {"clip_l": clip_l, "clip_g": clip_g})
     ours = sd_text_encoder_from_single_file(ctx.state, "sdxl")
-    assert ours.load_textual_inversion(path) == "xlstyle"
+    assert load_textual_inversion(ours, path) == "xlstyle"
     pipe = xl_pipe(copy.deepcopy(ctx.l), copy.deepcopy(ctx.g), hf_tokenizer(), hf_tokenizer("!"))
     pipe.load_textual_inversion(clip_l, token="xlstyle", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(clip_g, token="xlstyle", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
@@ -246,7 +249,7 @@ TRICKY = [
 
 
 def test_vocabulary_is_openai_clips():
-    data = (Path(__file__).parents[1] / "src/noisecraft/models/clip_vocab/bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    data = (Path(__file__).parents[1] / "src/noisecraft/text/clip_vocab/bpe_simple_vocab_16e6.txt.gz").read_bytes()
     assert hashlib.sha256(data).hexdigest() == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
     vocab, merges = bundled_vocab()
     assert len(vocab) == 49408 and len(merges) == 48894
@@ -421,11 +424,11 @@ def test_textual_inversion_formats_agree(sd1, tmp_path):
     for name, write in files.items():
         write(tmp_path / name)
         ours = SDTextEncoder("sd1", {"text_encoder": sd1.ours.text_encoder}, sd1.ours.tokenizer, {"text_encoder": "<|endoftext|>"})
-        token = ours.load_textual_inversion(tmp_path / name, token="mystyle" if name.startswith("a1111") else None)
+        token = load_textual_inversion(ours, tmp_path / name, token="mystyle" if name.startswith("a1111") else None)
         assert token == ("mystyle" if name.startswith("a1111") else "<my-style>")
         results.append(ours.encode([f"a {token} photo, ({token}:1.2)"]).tokens)
     assert all(torch.equal(r, results[0]) for r in results)
-    assert ours.load_textual_inversion(tmp_path / "a1111.safetensors") == "a1111"  # default token: the file name
+    assert load_textual_inversion(ours, tmp_path / "a1111.safetensors") == "a1111"  # default token: the file name
 
 
 def test_pickle_with_code_is_refused(sd1, tmp_path):
@@ -441,27 +444,27 @@ def test_pickle_with_code_is_refused(sd1, tmp_path):
     (tmp_path / "evil.safetensors").write_bytes((tmp_path / "evil.bin").read_bytes())
     for name in ("evil.pt", "evil.bin"):
         with pytest.raises(ModelFileError, match="refuses pickles that could run code"):
-            sd1.ours.load_textual_inversion(tmp_path / name)
+            load_textual_inversion(sd1.ours, tmp_path / name)
     with pytest.raises(ModelFileError, match="named .safetensors but is a pickle"):
-        sd1.ours.load_textual_inversion(tmp_path / "evil.safetensors")
+        load_textual_inversion(sd1.ours, tmp_path / "evil.safetensors")
     assert not marker.exists()
     (tmp_path / "cut.pt").write_bytes((tmp_path / "evil.pt").read_bytes()[:100])
     with pytest.raises(ModelFileError, match="corrupt PyTorch file"):
-        sd1.ours.load_textual_inversion(tmp_path / "cut.pt")
+        load_textual_inversion(sd1.ours, tmp_path / "cut.pt")
     (tmp_path / "junk.pt").write_text("hello")
     with pytest.raises(ModelFileError, match="neither a safetensors file nor a PyTorch checkpoint"):
-        sd1.ours.load_textual_inversion(tmp_path / "junk.pt")
+        load_textual_inversion(sd1.ours, tmp_path / "junk.pt")
 
 
 def test_embedding_for_another_family_is_refused(sd1, sdxl, tmp_path):
     save_safetensors(tmp_path / "wide.safetensors", {"emb_params": torch.randn(1, 1024)})
     with pytest.raises(ModelFileError, match=r"takes \[n, 128\]"):
-        sd1.ours.load_textual_inversion(tmp_path / "wide.safetensors")
+        load_textual_inversion(sd1.ours, tmp_path / "wide.safetensors")
     save_safetensors(tmp_path / "xl.safetensors", {"clip_l": torch.randn(1, 128), "clip_g": torch.randn(1, 192)})
     with pytest.raises(ModelFileError, match="is for SDXL"):
-        sd1.ours.load_textual_inversion(tmp_path / "xl.safetensors")
+        load_textual_inversion(sd1.ours, tmp_path / "xl.safetensors")
     with pytest.raises(ModelFileError, match="needs clip_l and clip_g"):
-        sdxl.ours.load_textual_inversion(tmp_path / "wide.safetensors")
+        load_textual_inversion(sdxl.ours, tmp_path / "wide.safetensors")
 
 
 # ---- LoRA hook and errors ------------------------------------------------------------------------

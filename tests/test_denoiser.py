@@ -7,6 +7,7 @@ from torch import nn
 
 from noisecraft import schedules as S
 from noisecraft.denoiser import CFGDenoiser, Denoiser
+from noisecraft.train.losses import denoising_loss, training_sigmas
 
 AC = S.alphas_cumprod(S.betas("scaled_linear"))
 F64 = torch.float64
@@ -159,7 +160,7 @@ def test_loss_in_native_target(prediction):
     t = torch.tensor([0, 500, 999])
     sigma = S.sigmas_from_alphas_cumprod(AC[t])
     net = Toy()
-    loss = Denoiser(net, AC, prediction).loss(x0, sigma, {}, noise)
+    loss = denoising_loss(Denoiser(net, AC, prediction), x0, sigma, {}, noise)
     ab = AC[t].reshape(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     target = {"eps": noise, "x0": x0, "v": ab.sqrt() * noise - (1 - ab).sqrt() * x0}[prediction]
@@ -167,13 +168,13 @@ def test_loss_in_native_target(prediction):
     assert loss.shape == (3,)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     oracle = Denoiser(Oracle(prediction, x0, noise), AC, prediction)
-    assert oracle.loss(x0, sigma, {}, noise).abs().max() < 1e-20
+    assert denoising_loss(oracle, x0, sigma, {}, noise).abs().max() < 1e-20
 
 
 def test_training_sigmas_are_uniform_integer_timesteps():
     d = Denoiser(Toy(), AC)
-    s1 = d.sample_training_sigmas(4096, torch.Generator().manual_seed(5))
-    s2 = d.sample_training_sigmas(4096, torch.Generator().manual_seed(5))
+    s1 = training_sigmas(d, 4096, torch.Generator().manual_seed(5))
+    s2 = training_sigmas(d, 4096, torch.Generator().manual_seed(5))
     assert torch.equal(s1, s2) and s1.dtype == F64 and s1.shape == (4096,)
     t = d.sigma_to_t(s1)
     assert torch.equal(t, t.round()) and t.min() >= 0 and t.max() <= 999

@@ -1,7 +1,8 @@
 import torch
 
-from noisecraft.models.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
-from noisecraft.models.vae import AutoencoderKL, VAEConfig, vae_loss
+from noisecraft.models.discriminator import PatchDiscriminator
+from noisecraft.models.vae import AutoencoderKL, VAEConfig
+from noisecraft.train.losses import adaptive_weight, hinge_discriminator_loss, vae_loss
 
 
 def test_patch_logits_shape():

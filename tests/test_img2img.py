@@ -9,7 +9,8 @@ from PIL import Image
 
 from noisecraft.cli import main
 from noisecraft.errors import UserError
-from noisecraft.pipeline import Pipeline, outpaint_canvas
+from noisecraft.images import outpaint_canvas
+from noisecraft.pipeline import Pipeline
 from noisecraft.pngmeta import parse_parameters
 
 from helpers import tiny_model_file
@@ -46,10 +47,11 @@ def final_latents(pipe, monkeypatch, **kwargs) -> torch.Tensor:
 
 def start_latents(pipe, image, seed) -> torch.Tensor:
     """The start picture's latents as the pipeline draws them: the first draw of the seed's generator."""
-    from noisecraft.pipeline import BatchNoise, _pixels
+    from noisecraft.images import to_tensor
+    from noisecraft.pipeline import BatchNoise
 
     with torch.no_grad():
-        return pipe.encode(_pixels(image, *image.size), BatchNoise([seed], pipe.device, pipe.dtype))
+        return pipe.encode(to_tensor(image, *image.size), BatchNoise([seed], pipe.device, pipe.dtype))
 
 
 def test_low_strength_stays_near_the_start_picture(pipe, monkeypatch):

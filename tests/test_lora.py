@@ -15,11 +15,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from noisecraft import sdfiles  # noqa: E402
+from noisecraft.checkpoints import build_module  # noqa: E402
+from noisecraft.checkpoints.load import read_checkpoint  # noqa: E402
 from noisecraft.errors import ModelFileError, UserError  # noqa: E402
-from noisecraft.lora import LoraStack, parse_lora_argument, unet_targets  # noqa: E402
+from noisecraft.checkpoints.lora import LoraStack, parse_lora_argument, unet_targets  # noqa: E402
 from noisecraft.models.unet import UNet  # noqa: E402
-from noisecraft.pipeline import _build  # noqa: E402
 
 from sd_helpers import make_unet, make_vae, write_single_file  # noqa: E402
 from test_sdfiles import TOLERANCE, compare_unets  # noqa: E402
@@ -64,8 +64,8 @@ def reference_with_lora(ref_unet, tensors: dict, scale: float):
 
 
 def ours_from(ref_unet, tmp_path, family: str) -> UNet:
-    ckpt = sdfiles.load_single_file(write_single_file(tmp_path / "base.safetensors", ref_unet, make_vae(family)))
-    return _build(UNet, ckpt.config.unet, ckpt.parts["unet"], "cpu", torch.float32)
+    ckpt = read_checkpoint(write_single_file(tmp_path / "base.safetensors", ref_unet, make_vae(family)))
+    return build_module(UNet, ckpt.config.unet, ckpt.parts["unet"], "cpu", torch.float32)
 
 
 @pytest.mark.parametrize("style,scale", [("kohya", 0.8), ("peft", 1.0)])
@@ -89,7 +89,7 @@ def test_sdxl_kohya_lora_in_original_names(tmp_path):
     diffusers_to_ldm = {}
     for name, _ in ours.named_modules():
         if name:
-            from noisecraft import keymaps
+            from noisecraft.checkpoints import keymaps
 
             try:
                 diffusers_to_ldm[keymaps.unet_ldm_to_diffusers(name + ".weight", 1)[:-7]] = name

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from noisecraft.prompts import CHUNK, Chunk, chunk_tokens, empty_chunk, emphasize, parse_attention, tokenize_prompt
+from noisecraft.text.prompts import CHUNK, Chunk, chunk_tokens, empty_chunk, emphasize, parse_attention, tokenize_prompt
 
 BOS, EOS, COMMA = 1000, 1001, 5
 

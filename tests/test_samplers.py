@@ -182,7 +182,7 @@ def test_ddim_identities():
     assert rel(a, b) < 1e-12 and rel(c, b) < 1e-12
 
 
-@pytest.mark.parametrize("name", samplers.sampler_names())
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_gaussian_data_is_recovered(name):
     """With the exact denoiser of N(mu, s^2) data, E[x0 | x] = mu + s^2/(s^2 + sigma^2)(x - mu),
     each sampler at 100 steps, started from the exact marginal, must end near the data's law.
@@ -205,7 +205,7 @@ def test_gaussian_data_is_recovered(name):
     assert abs(out.std().item() / target_std - 1) < (0.06 if stochastic else 0.02)
 
 
-@pytest.mark.parametrize("name", samplers.sampler_names())
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_every_sampler_runs_and_calls_back_once_per_step(name):
     spec = samplers.resolve_sampler(name)
     d = Denoiser(NET, AC)
@@ -241,7 +241,7 @@ def test_callback_may_interrupt():
 
 
 def test_registry_names_and_aliases():
-    names = samplers.sampler_names()
+    names = list(samplers.SAMPLERS)
     for required in ["euler", "euler_a", "heun", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "unipc",
                      "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler_karras", "heun_karras", "euler_a_karras"]:
         assert required in names
@@ -262,7 +262,7 @@ def test_unknown_sampler_lists_the_names():
         samplers.resolve_sampler("foo")
     msg = str(err.value)
     assert msg.startswith("unknown sampler 'foo'; choose one of: euler, ")
-    assert all(n in msg for n in samplers.sampler_names())
+    assert all(n in msg for n in list(samplers.SAMPLERS))
 
 
 def test_to_vp():

@@ -17,11 +17,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from clip_helpers import hf_state, hf_text_model, hf_to_openclip, hf_tokenizer, prefixed  # noqa: E402
 
-from noisecraft import keymaps, sdfiles  # noqa: E402
-from noisecraft.models.clip import sd_text_encoder_from_single_file  # noqa: E402
+from noisecraft.checkpoints import build_module, keymaps, sd_config  # noqa: E402
+from noisecraft.checkpoints import sd as sdfiles  # noqa: E402
+from noisecraft.checkpoints.sd import text_encoder_from_single_file as sd_text_encoder_from_single_file  # noqa: E402
 from noisecraft.models.unet import UNet, timestep_embedding  # noqa: E402
 from noisecraft.models.vae import AutoencoderKL  # noqa: E402
-from noisecraft.pipeline import _build  # noqa: E402
 
 TOLERANCE = 1e-4
 SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8)
@@ -40,10 +40,10 @@ def rel(a, b) -> float:
 
 
 def ours_from(ref) -> UNet:
-    config = sdfiles.unet_config_from_diffusers(dict(ref.config))
+    config = sd_config.unet_config_from_diffusers(dict(ref.config))
     with torch.device("meta"):
         keys = UNet(config).state_dict().keys()
-    return _build(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), "cpu", torch.float32)
+    return build_module(UNet, config, keymaps.unet_from_diffusers(ref.state_dict(), keys), "cpu", torch.float32)
 
 
 @pytest.mark.parametrize("name,kwargs,params", [("sd15", SD15_UNET, 859_520_964), ("sdxl", SDXL_UNET, 2_567_463_684)])
@@ -52,7 +52,7 @@ def test_full_size_unet(name, kwargs, params):
     ref = diffusers.UNet2DConditionModel(**kwargs).eval()
     ours = ours_from(ref)
     assert sum(p.numel() for p in ours.parameters()) == params
-    assert sdfiles.family_of(ours.state_dict()) == ("sdxl" if name == "sdxl" else "sd1")
+    assert sd_config.family_of(ours.state_dict()) == ("sdxl" if name == "sdxl" else "sd1")
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(1, 4, 32, 32, generator=g), torch.tensor([700.0])
     context = torch.randn(1, 77, kwargs["cross_attention_dim"], generator=g)
@@ -72,7 +72,7 @@ def test_full_size_vae_decode():
     ref = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
     state = sdfiles.vae_from_diffusers_layout(ref.state_dict())
-    vae = _build(AutoencoderKL, sdfiles.vae_config_of(state, "sd1"), state, "cpu", torch.float32)
+    vae = build_module(AutoencoderKL, sd_config.vae_config_of(state, "sd1"), state, "cpu", torch.float32)
     z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         diff = rel(vae.decode(z), ref.decode(z).sample)

@@ -18,11 +18,13 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from noisecraft import keymaps, sdfiles  # noqa: E402
+from noisecraft.checkpoints import build_module, keymaps  # noqa: E402
+from noisecraft.checkpoints import sd as sdfiles  # noqa: E402
+from noisecraft.checkpoints.io import read_tensors  # noqa: E402
+from noisecraft.checkpoints.load import read_checkpoint  # noqa: E402
 from noisecraft.errors import ModelFileError  # noqa: E402
 from noisecraft.models.unet import UNet, timestep_embedding  # noqa: E402
 from noisecraft.models.vae import AutoencoderKL  # noqa: E402
-from noisecraft.pipeline import _build  # noqa: E402
 
 from sd_helpers import POOLED, TIME_DIM, ldm_unet, make_unet, make_vae, write_single_file  # noqa: E402
 
@@ -67,12 +69,12 @@ def test_key_maps_agree_with_diffusers_converter_both_ways():
 def test_single_file_unet_and_vae_match_diffusers(tmp_path, family):
     ref_unet, ref_vae = make_unet(family), make_vae(family)
     file = write_single_file(tmp_path / f"{family}.safetensors", ref_unet, ref_vae)
-    ckpt = sdfiles.load_single_file(file)
+    ckpt = read_checkpoint(file)
     assert ckpt.family == family
     assert ckpt.config.prediction == "eps" and ckpt.config.text_encoder == f"clip-{family}"
-    unet = _build(UNet, ckpt.config.unet, ckpt.parts["unet"], "cpu", torch.float32)
+    unet = build_module(UNet, ckpt.config.unet, ckpt.parts["unet"], "cpu", torch.float32)
     assert compare_unets(unet, ref_unet, family) <= TOLERANCE
-    vae = _build(AutoencoderKL, ckpt.config.vae, ckpt.parts["vae"], "cpu", torch.float32)
+    vae = build_module(AutoencoderKL, ckpt.config.vae, ckpt.parts["vae"], "cpu", torch.float32)
     assert ckpt.config.vae.scaling_factor == (0.13025 if family == "sdxl" else 0.18215)
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
@@ -87,14 +89,14 @@ def test_diffusers_folder_matches_single_file(tmp_path, family):
     ref_unet.save_pretrained(tmp_path / "model" / "unet")
     ref_vae.save_pretrained(tmp_path / "model" / "vae")
     (tmp_path / "model" / "model_index.json").write_text("{}")
-    folder = sdfiles.load_diffusers_folder(tmp_path / "model")
-    single = sdfiles.load_single_file(write_single_file(tmp_path / "one.safetensors", ref_unet, ref_vae))
+    folder = read_checkpoint(tmp_path / "model")
+    single = read_checkpoint(write_single_file(tmp_path / "one.safetensors", ref_unet, ref_vae))
     assert folder.family == single.family == family
     assert folder.config.unet == single.config.unet or _same_network(folder.config.unet, single.config.unet)
     for part in ("unet", "vae"):
         assert folder.parts[part].keys() == single.parts[part].keys()
         assert all(torch.equal(folder.parts[part][k], single.parts[part][k]) for k in folder.parts[part])
-    unet = _build(UNet, folder.config.unet, folder.parts["unet"], "cpu", torch.float32)
+    unet = build_module(UNet, folder.config.unet, folder.parts["unet"], "cpu", torch.float32)
     assert compare_unets(unet, ref_unet, family) <= TOLERANCE
 
 
@@ -106,16 +108,16 @@ def _same_network(a, b) -> bool:
 
 
 def test_inpainting_checkpoint_is_detected_with_nine_channels(tmp_path):
-    ckpt = sdfiles.load_single_file(write_single_file(tmp_path / "inpaint.safetensors", make_unet("sd1", in_channels=9), make_vae("sd1")))
+    ckpt = read_checkpoint(write_single_file(tmp_path / "inpaint.safetensors", make_unet("sd1", in_channels=9), make_vae("sd1")))
     assert ckpt.config.unet.in_channels == 9 and ckpt.config.unet.out_channels == 4
 
 
 def test_prediction_from_metadata_and_override(tmp_path):
     file = write_single_file(tmp_path / "v.safetensors", make_unet("sd2"), make_vae("sd2"), metadata={"modelspec.prediction_type": "v"})
-    ckpt = sdfiles.load_single_file(file)
+    ckpt = read_checkpoint(file)
     assert ckpt.config.prediction == "v" and ckpt.config.image_size == 768
-    assert sdfiles.load_single_file(file, prediction="eps").config.prediction == "eps"
-    assert sdfiles.load_single_file(file, prediction="eps").config.image_size == 512
+    assert read_checkpoint(file, prediction="eps").config.prediction == "eps"
+    assert read_checkpoint(file, prediction="eps").config.image_size == 512
 
 
 def test_standalone_vae_swap_in_both_layouts(tmp_path):
@@ -144,18 +146,18 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     for name in ("evil.ckpt", "evil.pt"):
         torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "payload": Boom()}, tmp_path / name)
         with pytest.raises(ModelFileError, match="does not hold plain weights"):
-            sdfiles.read_tensors(tmp_path / name)
+            read_tensors(tmp_path / name)
     with open(tmp_path / "raw.ckpt", "wb") as handle:
         pickle.dump(Boom(), handle, protocol=2)
     with pytest.raises(ModelFileError, match="does not hold plain weights"):
-        sdfiles.read_tensors(tmp_path / "raw.ckpt")
+        read_tensors(tmp_path / "raw.ckpt")
     assert not marker.exists()
 
 
 def test_pickle_renamed_safetensors_is_refused(tmp_path):
     torch.save({"model.diffusion_model.x": torch.zeros(1)}, tmp_path / "model.safetensors")
     with pytest.raises(ModelFileError, match="named .safetensors but is a pickle"):
-        sdfiles.read_tensors(tmp_path / "model.safetensors")
+        read_tensors(tmp_path / "model.safetensors")
 
 
 def test_legacy_ckpt_with_plain_weights_loads(tmp_path):
@@ -163,7 +165,7 @@ def test_legacy_ckpt_with_plain_weights_loads(tmp_path):
     from safetensors.torch import load_file
 
     torch.save({"state_dict": load_file(file), "global_step": 1}, tmp_path / "m.ckpt")
-    ckpt = sdfiles.load_single_file(tmp_path / "m.ckpt")
+    ckpt = read_checkpoint(tmp_path / "m.ckpt")
     assert ckpt.family == "sd1" and len(ckpt.parts["unet"]) > 100
 
 
@@ -172,12 +174,12 @@ def test_truncated_and_oversized_headers_fail_fast(tmp_path):
     data = file.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match="truncated"):
-        sdfiles.read_tensors(tmp_path / "cut.safetensors")
+        read_tensors(tmp_path / "cut.safetensors")
     # a header that claims 90 MB but the file is tiny; and one past safetensors' 100 MB limit
     for claimed in (90 * 2**20, 2**40):
         (tmp_path / "big.safetensors").write_bytes(struct.pack("<Q", claimed) + b"{" + b" " * 100)
         with pytest.raises(ModelFileError):
-            sdfiles.read_tensors(tmp_path / "big.safetensors")
+            read_tensors(tmp_path / "big.safetensors")
 
 
 def test_nan_weights_are_reported(tmp_path):
@@ -186,7 +188,7 @@ def test_nan_weights_are_reported(tmp_path):
         unet.conv_in.weight[0, 0, 0, 0] = float("nan")
     file = write_single_file(tmp_path / "nan.safetensors", unet, make_vae("sd1"))
     with pytest.raises(ModelFileError, match="NaN or infinite"):
-        sdfiles.load_single_file(file)
+        read_checkpoint(file)
 
 
 def test_not_a_stable_diffusion_file(tmp_path):
@@ -194,10 +196,10 @@ def test_not_a_stable_diffusion_file(tmp_path):
 
     save_file({"first_stage_model.encoder.conv_in.weight": torch.zeros(1)}, tmp_path / "vae-only.safetensors")
     with pytest.raises(ModelFileError, match="no model.diffusion_model"):
-        sdfiles.load_single_file(tmp_path / "vae-only.safetensors")
+        read_checkpoint(tmp_path / "vae-only.safetensors")
     config = json.dumps({"_class_name": "UNet2DConditionModel"})
     (tmp_path / "f" / "unet").mkdir(parents=True)
     (tmp_path / "f" / "vae").mkdir()
     (tmp_path / "f" / "unet" / "config.json").write_text(config)
     with pytest.raises(ModelFileError):
-        sdfiles.load_diffusers_folder(tmp_path / "f")
+        read_checkpoint(tmp_path / "f")

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from noisecraft.pngmeta import parse_parameters, save_png
-from noisecraft.server import worker as worker_module
-from noisecraft.server.app import ServerSettings
-from noisecraft.server.schemas import Limits, field_of
+from noisecraft import devices
+from noisecraft.server.context import ServerSettings
+from noisecraft.server.errors import field_of
+from noisecraft.settings import Limits, Request
 
 from server_fixtures import Controlled, cached_pipeline, entry_for, make_pool, model_file, running_server
 
@@ -187,7 +188,7 @@ def test_field_of_names_the_field_of_every_pipeline_settings_error(server):
              (dict(seed=-5), "seed")]
     for kwargs, field in cases:
         with pytest.raises(Exception) as caught:
-            pipe.settings(**({"prompt": "x"} | kwargs))
+            pipe.resolve(Request(**({"prompt": "x"} | kwargs)))
         assert field_of(caught.value) == (field,), (kwargs, str(caught.value))
 
 
@@ -196,15 +197,6 @@ def _png_b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def test_img2img_answers_501_while_the_pipeline_cannot(controlled, monkeypatch):
-    url, pipe = controlled
-    monkeypatch.setattr(type(pipe.pipe), "supports_img2img", False, raising=False)
-    init = _png_b64(Image.new("RGB", (16, 16), (200, 30, 30)))
-    response = post(url, "/sdapi/v1/img2img", {"prompt": "x", "init_images": [init]})
-    assert response.status_code == 501 and "img2img" in response.json()["detail"]
-    assert httpx.get(url + "/info").json()["img2img"] is False
 
 
 def test_img2img_with_mask_on_a_latent_model(root):
@@ -357,8 +349,8 @@ def test_an_exception_in_one_job_is_a_500_and_the_worker_serves_the_next(control
 def test_out_of_memory_is_a_507_memory_is_freed_and_the_worker_serves_the_next(controlled, monkeypatch):
     url, pipe = controlled
     freed = []
-    real_free = worker_module._free_memory
-    monkeypatch.setattr(worker_module, "_free_memory", lambda device: (freed.append(device), real_free(device)))
+    real_free = devices.free_memory
+    monkeypatch.setattr(devices, "free_memory", lambda device: (freed.append(device), real_free(device)))
     pipe.faults["huge"] = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     response = post(url, "/sdapi/v1/txt2img", BODY | {"prompt": "huge", "batch_size": 2})
     assert response.status_code == 507, response.text

@@ -17,7 +17,8 @@ import pytest
 from noisecraft.cli import main
 from noisecraft.errors import UserError
 from noisecraft.server import ServeOptions, check_exposure, serve
-from noisecraft.server.app import ServerSettings, create_app
+from noisecraft.server.app import create_app
+from noisecraft.server.context import ServerSettings
 
 from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
 

@@ -7,7 +7,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from noisecraft.server.app import ServerSettings
+from noisecraft.server.context import ServerSettings
 
 from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
 
@@ -39,7 +39,7 @@ def test_txt2img_images_seeds_and_info(server):
     assert result.info["infotexts"][3] == result.images[3].info["parameters"]
     assert "Seed: 14," in result.images[3].info["parameters"] and "Sampler: Euler a" in result.images[3].info["parameters"]
     assert result.parameters["prompt"] == "a red square"
-    alone = pipe("a red square", "blurry", steps=3, guidance_scale=4, sampler="Euler a", width=16, height=32, seed=13)[0]
+    alone = pipe("a red square", negative_prompt="blurry", steps=3, guidance_scale=4, sampler="Euler a", width=16, height=32, seed=13)[0]
     assert np.array_equal(np.asarray(result.images[2]), np.asarray(alone))
 
 

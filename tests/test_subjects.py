@@ -11,10 +11,11 @@ from helpers import tiny_model_file
 from noisecraft.checkpoints import load_model_file, save_model_file
 from noisecraft.datasets.emoji import subject_phrases
 from noisecraft.errors import ModelFileError, UserError
-from noisecraft.models.text import load_text_encoder
+from noisecraft.text.minilm import load_text_encoder
 from noisecraft.pipeline import Pipeline
 from noisecraft.pngmeta import parse_parameters, read_parameters
-from noisecraft.subjects import SubjectIndex
+from noisecraft.settings import Request
+from noisecraft.text.subjects import SubjectIndex
 
 PHRASES = {"palm tree, plant, beach, tropical": "palm tree", "rocket, space, launch": "rocket",
            "red apple, fruit, red": "red apple", "piñata, party, celebration": "piñata"}
@@ -79,7 +80,7 @@ def test_a_new_wording_draws_the_nearest_subject_and_says_so(indexed_model):
 
 def test_a_subject_name_is_drawn_exactly_as_without_the_index(indexed_model):
     pipe = Pipeline.from_pretrained(indexed_model, device="cpu")
-    assert pipe.settings("red apple").subject is None
+    assert pipe.resolve(Request("red apple")).subject is None
     image = pipe("red apple", steps=2, seed=1)[0]
     assert "Subject" not in parse_parameters(image.info["parameters"])
     assert torch.equal(pipe("red apple", steps=2, seed=1, output_type="pt"),
@@ -88,9 +89,9 @@ def test_a_subject_name_is_drawn_exactly_as_without_the_index(indexed_model):
 
 def test_models_without_an_index_read_the_prompt(tmp_path):
     pipe = Pipeline.from_pretrained(tiny_model_file(tmp_path / "plain.safetensors", kind="latent"), device="cpu")
-    assert pipe.subjects is None and pipe.settings("a spaceship taking off").subject is None
+    assert pipe.subjects is None and pipe.resolve(Request("a spaceship taking off")).subject is None
     with pytest.raises(UserError, match="subject"):
-        pipe.settings("a rocket", subject="  ")
+        pipe.resolve(Request("a rocket", subject="  "))
 
 
 def test_cli_subject_option_and_info(indexed_model, tmp_path):

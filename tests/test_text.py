@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from noisecraft.models.text import MiniLMEncoder, TextEmbedding
+from noisecraft.text.base import TextEmbedding
+from noisecraft.text.minilm import MiniLMEncoder
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_init_from_starts_a_fine_tune_from_a_model_file_and_refuses_another_netw
 
 def test_min_snr_weights_match_the_paper_in_each_target():
     """Min-SNR-gamma: x0 loss weight min(SNR, gamma); the eps and v forms give the same x0-space weight."""
-    from noisecraft.denoiser import min_snr_weights
+    from noisecraft.train.losses import min_snr_weights
 
     sigma = torch.tensor([0.05, 0.3, 1.0, 4.0, 14.6])
     snr = 1 / sigma.double() ** 2

@@ -12,7 +12,8 @@ import json
 import pytest
 import torch
 
-from noisecraft.models.vae import AutoencoderKL, VAEConfig, vae_loss
+from noisecraft.models.vae import AutoencoderKL, VAEConfig
+from noisecraft.train.losses import vae_loss
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm  # noqa: E402

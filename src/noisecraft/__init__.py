@@ -1,6 +1,13 @@
-"""noisecraft: text-to-image diffusion, written from scratch in PyTorch."""
+"""noisecraft: text-to-image diffusion, written from scratch in PyTorch.
 
-__version__ = "0.1.0"
+    from noisecraft import Pipeline, Request
+    pipe = Pipeline.from_pretrained()            # the built-in model
+    images = pipe("a palm tree", seed=0)         # or pipe(Request(...)), or pipe(pipe.resolve(...))
+"""
+
+from .version import __version__
+
+__all__ = ["Pipeline", "Request", "Settings", "__version__"]
 
 
 def __getattr__(name):  # keep `import noisecraft` cheap: torch loads only when used
@@ -8,4 +15,8 @@ def __getattr__(name):  # keep `import noisecraft` cheap: torch loads only when 
         from .pipeline import Pipeline
 
         return Pipeline
+    if name in ("Request", "Settings"):
+        from . import settings
+
+        return getattr(settings, name)
     raise AttributeError(f"module 'noisecraft' has no attribute {name!r}")

@@ -7,7 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, out_of_memory
+from .version import __version__
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -20,7 +21,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion: generate, train, inspect.")
-    parser.add_argument("--version", action="version", version=f"noisecraft {_version()}")
+    parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = commands.add_parser("generate", help="make pictures from a prompt", description="Make pictures from a prompt.")
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (model default)")
     gen.add_argument("--rescale", type=float, default=0.0, help="guidance rescale, 0..1 (Lin et al. 2023)")
     gen.add_argument("--sampler", default=None, help="sampler name, e.g. dpmpp_2m_karras, euler_a, ddim (see `noisecraft samplers`)")
+    gen.add_argument("--scheduler", default=None, choices=["automatic", "karras", "exponential"],
+                     help="the sampler's step spacing, as A1111's scheduler (default: the sampler's own)")
     gen.add_argument("--subject", default="auto", help="auto: a model with a subject index (the built-in one) draws the nearest subject it knows; "
                      "off: the prompt's own words; or the words to draw (written into the PNG)")
     gen.add_argument("--seed", type=int, default=None, help="random seed; image k uses seed+k (default: random)")
@@ -112,12 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def _output_paths(out: str, prompt: str, seeds: list[int]) -> list[Path]:
     target = Path(out).expanduser()
     if target.suffix.lower() == ".png":
@@ -138,22 +135,6 @@ def _output_paths(out: str, prompt: str, seeds: list[int]) -> list[Path]:
     return paths
 
 
-def _open_image(path: str | None, flag: str):
-    """A picture given on the command line, or None; a missing or unreadable file is one sentence."""
-    if path is None:
-        return None
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(Path(path).expanduser()) as image:
-            image.load()
-            return image.copy()
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError):
-        raise UserError(f"{flag} {path} is not a picture noisecraft can read (use PNG, JPEG or WebP)") from None
-
-
 def _sides(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) == 1:
@@ -170,49 +151,47 @@ def _sides(text: str) -> tuple[int, int, int, int]:
 def cmd_generate(args) -> int:
     import time
 
-    import torch
-
-    from .lora import parse_lora_argument
-    from .pipeline import Pipeline, outpaint_canvas
+    from .checkpoints.lora import parse_lora_argument
+    from .devices import DTYPES
+    from .images import open_image, outpaint_canvas
+    from .pipeline import Pipeline
     from .pngmeta import save_png
+    from .settings import Request
 
     started = time.perf_counter()
-    init, mask = _open_image(args.init_image, "--init-image"), _open_image(args.mask, "--mask")
+    init = open_image(args.init_image, "--init-image") if args.init_image else None
+    mask = open_image(args.mask, "--mask") if args.mask else None
     sides = _sides(args.outpaint) if args.outpaint else None
     if sides and init is None:
         raise UserError("--outpaint extends a picture; give it with --init-image")
     if sides and mask is not None:
         raise UserError("--outpaint makes its own mask; leave out --mask")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}[args.dtype]
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=dtype, vae=args.vae, prediction=args.prediction)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
+                                    prediction=args.prediction)
     if args.vae_tiling:
-        pipe.vae_tiling = True
+        pipe.enable_vae_tiling()
     if args.offload:
         pipe.enable_sequential_offload()
+    strength = args.strength
     if sides:
         init, mask = outpaint_canvas(init, sides, pipe.size_factor)
-        args.strength = 1.0 if args.strength is None else args.strength
+        strength = 1.0 if strength is None else strength
     for item in args.lora:
-        path, scale = parse_lora_argument(item)
-        pipe.load_lora(path, scale)
+        pipe.load_lora(*parse_lora_argument(item))
     for item in args.embedding:
         head, sep, word = item.rpartition(":")
         path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
         pipe.load_textual_inversion(path, word)
     width, height = args.size if args.size else (None, None)
-    settings = pipe.settings(args.prompt, args.negative, args.steps, args.guidance, args.sampler, width, height,
-                             args.seed, args.num_images, args.rescale, args.strength, init.size if init else None, args.subject)
-    images = pipe(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale, settings.sampler,
-                  settings.width, settings.height, settings.seed, settings.num_images, settings.guidance_rescale,
-                  batch_size=args.batch_size, init_image=init, strength=settings.strength, mask_image=mask,
-                  subject=settings.subject)
-    paths = _output_paths(args.out, settings.prompt, [settings.seed + k for k in range(len(images))])
+    settings = pipe.resolve(Request(args.prompt, args.negative, args.steps, args.guidance, args.rescale, args.sampler,
+                                    args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
+                                    args.subject), init_image=init, mask_image=mask)
+    paths = _output_paths(args.out, settings.prompt, settings.seeds)
+    images = pipe(settings, init_image=init, mask_image=mask)
     for image, path in zip(images, paths):
         save_png(image, path)
         print(path)
-    print(f"{len(images)} image(s), {settings.width}x{settings.height}, {settings.steps} steps of {settings.sampler}, "
+    print(f"{len(images)} image(s), {settings.width}x{settings.height}, {settings.steps} steps of {settings.sampler.name}, "
           f"seed {settings.seed}" + (f", subject {settings.subject!r}" if settings.subject else "") +
           f", in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
@@ -253,42 +232,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoints import load_model_file, model_hash
-    from .pipeline import BUILTIN_MODEL, load_stable_diffusion
+    from .checkpoints import describe, identify
 
-    path = Path(args.model).expanduser() if args.model else BUILTIN_MODEL
-    ckpt = load_stable_diffusion(path)
-    if ckpt is not None:
-        config, parts, file = ckpt.config, ckpt.parts, ckpt.file
-        print(f"family:      Stable Diffusion {ckpt.family}{' (inpainting)' if config.unet.in_channels > config.unet.out_channels else ''}")
-    else:
-        config, parts, file = load_model_file(path)
-    counts = {part: sum(t.numel() for t in state.values()) for part, state in parts.items()}
-    dtypes = {part: sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}) for part, state in parts.items()}
-    print(f"file:        {file} ({file.stat().st_size / 1e6:.1f} MB, hash {model_hash(file)})")
-    print(f"name:        {config.name}")
-    print(f"kind:        {config.kind} ({'UNet over VAE latents' if config.kind == 'latent' else 'UNet over pixels' if config.kind == 'pixel' else 'autoencoder alone'})")
-    if config.unet:
-        print(f"unet:        {counts.get('unet', 0) / 1e6:.2f}M parameters ({', '.join(dtypes.get('unet', []))}), channels {config.unet.model_channels} x {list(config.unet.channel_mult)}")
-        print(f"prediction:  {config.prediction}, {config.beta_schedule} betas {config.beta_start}..{config.beta_end}, {config.num_train_timesteps} steps")
-    if config.vae:
-        print(f"vae:         {counts.get('vae', 0) / 1e6:.2f}M parameters, downsampling x{config.vae.downsample_factor}, {config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}")
-    print(f"text:        {config.text_encoder or 'none (unconditional)'}")
-    if "subjects" in parts:
-        from .subjects import SubjectIndex
-
-        index = SubjectIndex.from_part(parts["subjects"])
-        print(f"subjects:    {len(index.names)} ({len(index.vectors)} phrases); prompts draw the nearest one (--subject off: the prompt's own words)")
-    print(f"image size:  {config.image_size}x{config.image_size}")
-    print(f"defaults:    {', '.join(f'{k}={v}' for k, v in config.defaults.items())}")
+    for label, text in describe(identify(args.model)).items():
+        print(f"{label + ':':<13}{text}")
     return 0
 
 
 def cmd_samplers(args) -> int:
-    from .samplers import SAMPLERS, resolve_sampler
+    from .samplers import SAMPLERS
 
-    for name in SAMPLERS:
-        spec = resolve_sampler(name)
+    for name, spec in SAMPLERS.items():
         print(f"{name:24s} {spec.a1111_name}")
     return 0
 
@@ -354,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print("noisecraft: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("noisecraft: error: out of memory; lower the size, the number of images or the batch size", file=sys.stderr)
+        print(f"noisecraft: error: {out_of_memory()}", file=sys.stderr)
         return 2
 
 

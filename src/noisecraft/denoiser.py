@@ -61,6 +61,11 @@ class Denoiser(nn.Module):
         return self
 
     @property
+    def train_sigmas(self) -> torch.Tensor:
+        """The training sigmas, ascending, float64 on the CPU (what `schedules.sampling_sigmas` walks between)."""
+        return self._sigmas64
+
+    @property
     def num_train_timesteps(self) -> int:
         return len(self._sigmas64)
 
@@ -81,7 +86,8 @@ class Denoiser(nn.Module):
     def t_to_sigma(self, t) -> torch.Tensor:
         return schedules.t_to_sigma(torch.as_tensor(t, dtype=torch.float64, device=self.sigmas.device), self.sigmas)
 
-    def _net_call(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
+    def network_output(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
+        """The network's native output for x at sigma, with the scalings (sigma and c_in, broadcast like x)."""
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -110,54 +116,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: dict | None = None) -> torch.Tensor:
         """x0_hat for x = x0 + sigma * noise; sigma a scalar or [B] tensor; cond -> net(**cond)."""
-        out, s, c_in = self._net_call(x, sigma, cond)
+        out, s, c_in = self.network_output(x, sigma, cond)
         return self.from_prediction(x, s, c_in, out)
-
-    def loss(self, x0: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None,
-             noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample MSE [B] in the network's native target (Ho et al. 2020 L_simple for eps).
-
-        x = x0 + sigma * noise; targets: eps -> noise, x0 -> x0,
-        v -> alpha noise - sigma_vp x0 = c_in (noise - sigma x0).
-        """
-        noise = torch.randn_like(x0) if noise is None else noise
-        sigma = torch.as_tensor(sigma, device=x0.device)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x0.shape[0])
-        x = x0 + _bcast(sigma, x0) * noise
-        out, s, c_in = self._net_call(x, sigma, cond)
-        if self.prediction == "eps":
-            target = noise
-        elif self.prediction == "v":
-            target = c_in * (noise - s * x0)
-        else:
-            target = x0
-        return (out - target).pow(2).flatten(1).mean(1)
-
-    def sample_training_sigmas(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sigmas [batch] (float64) of timesteps t ~ U{0, ..., T-1}, as DDPM training draws them."""
-        device = generator.device if generator is not None else self.sigmas.device
-        t = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=device)
-        return self.sigmas[t.to(self.sigmas.device)]
-
-
-def min_snr_weights(sigma: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
-    Weighting Strategy", eq. 8 and Sec. 3.4) for per-sample losses in the network's native target.
-
-    SNR = alpha^2 / sigma_vp^2 = 1 / sigma^2 in the variance-exploding sigma used here. The x0 loss
-    weighted by min(SNR, gamma) becomes, in the other targets: eps -> min(SNR, gamma) / SNR,
-    v -> min(SNR, gamma) / (SNR + 1), x0 -> min(SNR, gamma).
-    """
-    snr = 1.0 / sigma.double() ** 2
-    clipped = snr.clamp(max=gamma)
-    if prediction == "eps":
-        weight = clipped / snr
-    elif prediction == "v":
-        weight = clipped / (snr + 1)
-    else:
-        weight = clipped
-    return weight.float()
 
 
 class CFGDenoiser:
@@ -186,7 +146,7 @@ class CFGDenoiser:
             sigma = sigma.expand(x.shape[0])
         both = {k: torch.cat([self.uncond[k], v]) if torch.is_tensor(v) else v for k, v in self.cond.items()}
         x_in = torch.cat([x, x])
-        out, s, c_in = self.denoiser._net_call(x_in, torch.cat([sigma, sigma]), both)
+        out, s, c_in = self.denoiser.network_output(x_in, torch.cat([sigma, sigma]), both)
         u, c = out.chunk(2)
         s, c_in = s[: len(x)], c_in[: len(x)]
         guided = u + self.scale * (c - u)  # in native space; affine, so the same as in x0 space

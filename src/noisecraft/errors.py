@@ -20,3 +20,9 @@ class ModelFileError(UserError):
 
 class OutOfMemory(UserError):
     """The request does not fit in memory; a smaller size or fewer images would."""
+
+
+def out_of_memory(count: int | None = None, width: int | None = None, height: int | None = None) -> OutOfMemory:
+    """The one sentence for a generation that ran out of memory (of `count` images of width x height, when known)."""
+    what = f" making {count} image(s) of {width}x{height}" if count is not None else ""
+    return OutOfMemory(f"out of memory{what}; lower the size, the number of images or the batch size")

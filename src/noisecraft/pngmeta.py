@@ -11,6 +11,7 @@ Other tools (A1111's "PNG Info", ComfyUI, image sites) read it back, so we write
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -70,25 +71,34 @@ def parse_parameters(text: str) -> dict:
     return result
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
-    """Write `image` as PNG with its `parameters` chunk, atomically (temp file, then rename).
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    """`image` as PNG bytes with its `parameters` chunk (default ``image.info["parameters"]``, which
+    `Pipeline` sets on every image): exactly what `save_png` writes."""
+    buffer = io.BytesIO()
+    _write_png(image, buffer, parameters)
+    return buffer.getvalue()
 
-    `parameters` defaults to ``image.info["parameters"]``, which `Pipeline` sets on every image.
-    """
+
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
+    """Write `image` as PNG with its `parameters` chunk, atomically (temp file, then rename)."""
     path = Path(path)
-    parameters = parameters if parameters is not None else image.info.get("parameters")
-    info = PngImagePlugin.PngInfo()
-    if parameters:
-        info.add_text("parameters", parameters)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
+            _write_png(image, handle, parameters)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_png(image: Image.Image, handle, parameters: str | None) -> None:
+    parameters = parameters if parameters is not None else image.info.get("parameters")
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    image.save(handle, format="PNG", pnginfo=info)
 
 
 def read_parameters(path: str | os.PathLike) -> str | None:

@@ -324,17 +324,24 @@ _SPECS = [
 
 SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType({s.name: s for s in _SPECS})
 _ALIASES = {**{s.name: s for s in _SPECS}, **{s.a1111_name.lower(): s for s in _SPECS}}
+SCHEDULERS = {"automatic": "", "karras": "_karras", "exponential": "_exponential"}
+"""A1111's separate scheduler choice (since v1.9): the step spacing, as a suffix of the sampler name."""
 
 
-def sampler_names() -> list[str]:
-    """Canonical sampler names, in registry order."""
-    return list(SAMPLERS)
-
-
-def resolve_sampler(name: str) -> SamplerSpec:
+def resolve_sampler(name: str, scheduler: str | None = None) -> SamplerSpec:
     """The spec for a canonical name ("dpmpp_2m_karras") or an A1111 name ("DPM++ 2M Karras"),
-    case-insensitively."""
+    case-insensitively; `scheduler` (automatic, karras, exponential) picks that step spacing of the
+    same sampler ("DPM++ 2M" + "karras" is dpmpp_2m_karras). Errors name the field at fault."""
     spec = _ALIASES.get(str(name).strip().lower())
     if spec is None:
-        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}", field="sampler")
+    key = str(scheduler).strip().lower() if scheduler else "automatic"
+    if key not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}", field="scheduler")
+    if SCHEDULERS[key] and not spec.name.endswith(("_karras", "_exponential")):
+        variant = SAMPLERS.get(spec.name + SCHEDULERS[key])
+        if variant is None:
+            raise UserError(f"the {spec.a1111_name} sampler has no {key.capitalize()} schedule here; "
+                            "use scheduler 'automatic' or another sampler", field="scheduler")
+        spec = variant
     return spec

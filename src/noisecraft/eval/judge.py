@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import read_safetensors_header, sniff, write_safetensors
+from ..checkpoints.io import read_safetensors_header, sniff, write_safetensors
 from ..errors import ModelFileError, UserError
 
 FORMAT = "noisecraft-judge"

@@ -36,6 +36,7 @@ from PIL import Image
 from ..errors import UserError
 from ..pngmeta import read_parameters, save_png
 from ..samplers import resolve_sampler
+from ..settings import Request
 from .judge import Judge, judge_batches, load_judge
 from .metrics import frechet_distance, psnr, topk_hits
 from .train_judge import check_data_folder, load_real_set
@@ -70,24 +71,27 @@ def _slug(text: str) -> str:
 
 
 def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prompt: int, folder: Path,
-                 guidance: float | None = None, batch_size: int = 16, log=print, subject: str = "auto") -> tuple[torch.Tensor, float | None, int]:
+                 guidance: float | None = None, batch_size: int = 16, log=print,
+                 subject: str = "auto") -> tuple[torch.Tensor, float | None, int, list[str | None]]:
     """All pictures of one configuration as uint8 [N, 3, H, W], prompt-major; also the measured seconds
     per picture (kept in ``folder/timing.json``, so a resumed or cached run still reports the time
-    the pictures took) and the number of pictures made now (cached ones cost nothing)."""
+    the pictures took), the number of pictures made now (cached ones cost nothing) and the subject
+    drawn for each prompt."""
     folder.mkdir(parents=True, exist_ok=True)
     timing_file = folder / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    images, made = [], 0
+    images, made, subjects = [], 0, []
     for i, prompt in enumerate(prompts):
         seed = i * per_prompt
-        s = pipe.settings(prompt.text, "", steps, guidance, sampler, seed=seed, num_images=per_prompt, subject=subject)
+        s = pipe.resolve(Request(prompt.text, steps=steps, guidance_scale=guidance, sampler=sampler, seed=seed,
+                                 num_images=per_prompt, batch_size=batch_size, subject=subject))
+        subjects.append(s.subject)
         paths = [folder / f"{i:03d}-{_slug(prompt.text)}-{seed + k}.png" for k in range(per_prompt)]
         if all(p.exists() and read_parameters(p) == pipe.parameters_text(s, seed + k) for k, p in enumerate(paths)):
             pictures = [Image.open(p) for p in paths]
         else:
             started = time.perf_counter()
-            pictures = pipe(s.prompt, "", s.steps, s.guidance_scale, s.sampler, seed=s.seed, num_images=per_prompt,
-                            batch_size=batch_size, subject=s.subject)
+            pictures = pipe(s)
             timing[paths[0].stem] = [time.perf_counter() - started, len(pictures)]
             made += len(pictures)
             for picture, path in zip(pictures, paths):
@@ -98,7 +102,7 @@ def generate_set(pipe, prompts: list[Prompt], sampler: str, steps: int, per_prom
             log(f"  {sampler} x {steps}: {i + 1}/{len(prompts)} prompts")
     timed = [timing[p] for p in (f"{i:03d}-{_slug(q.text)}-{i * per_prompt}" for i, q in enumerate(prompts)) if p in timing]
     per_image = sum(t for t, _ in timed) / sum(n for _, n in timed) if timed else None
-    return torch.stack(images), per_image, made
+    return torch.stack(images), per_image, made, subjects
 
 
 def adherence(logits: torch.Tensor, targets: torch.Tensor, groups: list[str]) -> dict:
@@ -174,18 +178,39 @@ def autoencoder_ceiling(pipe, judge: Judge, real, targets: torch.Tensor) -> dict
     return {"images": len(idx), "psnr_db": round(psnr(recon, (x * 255).round()), 2), **scores}
 
 
-def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str | Path, prompts_file: str | Path,
-             images_per_prompt: int = 4, samplers: list[str] = ("ddim", "euler", "dpmpp_2m_karras"),
-             steps: list[int] = (10, 20, 50), guidance: float | None = None, batch_size: int = 16,
-             device: str = "auto", grid_path: str | Path | None = None, quick: bool = False, subject: str = "auto",
-             log=print) -> dict:
-    """The whole evaluation; writes ``OUT/results.json``, ``OUT/results.md`` and a sample grid.
+@dataclass
+class EvalOptions:
+    """What `noisecraft eval` runs: a model against the judge, on a prompt list, per sampler and step count.
 
     `quick`: only the model's default sampler and steps, and the first 20 names and 10 paraphrases.
     `subject`: "auto" (nearest-subject prompts where the model has a subject index) or "off".
     """
+
+    model: str | None
+    data: str | Path
+    judge: str | Path
+    out: str | Path
+    prompts_file: str | Path
+    images_per_prompt: int = 4
+    samplers: list[str] = ("ddim", "euler", "dpmpp_2m_karras")
+    steps: list[int] = (10, 20, 50)
+    guidance: float | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    grid_path: str | Path | None = None
+    quick: bool = False
+    subject: str = "auto"
+
+
+def run_eval(options: EvalOptions | None = None, *, log=print, **fields) -> dict:
+    """The whole evaluation (`EvalOptions`, or its fields as keywords); writes ``OUT/results.json``,
+    ``OUT/results.md`` and a sample grid."""
     from ..pipeline import Pipeline
 
+    o = options or EvalOptions(**fields)
+    model, data, judge, out, prompts_file = o.model, o.data, o.judge, o.out, o.prompts_file
+    images_per_prompt, samplers, steps, guidance, batch_size = o.images_per_prompt, o.samplers, o.steps, o.guidance, o.batch_size
+    device, grid_path, quick, subject = o.device, o.grid_path, o.quick, o.subject
     started = time.perf_counter()
     out = Path(out)
     if images_per_prompt < 1:
@@ -204,21 +229,21 @@ def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str
     targets = torch.tensor([the_judge.class_of(p.target) for p in prompts]).repeat_interleave(images_per_prompt)
     groups = [p.group for p in prompts for _ in range(images_per_prompt)]
     pipe = Pipeline.from_pretrained(model, device=device)
-    default = (pipe.settings("x").sampler, pipe.settings("x").steps)
+    default = (resolve_sampler(pipe.defaults["sampler"]).name, pipe.defaults["steps"])
     if quick:
         samplers, steps = [default[0]], [default[1]]
-    guidance = pipe.settings("x", guidance_scale=guidance).guidance_scale
+    guidance = float(pipe.defaults["guidance_scale"] if guidance is None else guidance)
     _, real_feats = judge_batches(the_judge, real.images)
     floors = real_floors(real_feats, real, targets)
     intended = real_feats[intended_reals(real, targets)[0]]
     ceiling = autoencoder_ceiling(pipe, the_judge, real, targets)
     log(f"eval of {pipe.name} ({pipe.hash}): {len(prompts)} prompts x {images_per_prompt} pictures, floors {floors}")
 
-    configs, pictures_of = [], {}
+    configs, pictures_of, subjects = [], {}, []
     for sampler in samplers:
         for n in steps:
-            images, per_image, made = generate_set(pipe, prompts, sampler, n, images_per_prompt,
-                                                   out / "images" / f"{sampler}-{n}", guidance, batch_size, log, subject)
+            images, per_image, made, subjects = generate_set(pipe, prompts, sampler, n, images_per_prompt,
+                                                             out / "images" / f"{sampler}-{n}", guidance, batch_size, log, subject)
             logits, feats = judge_batches(the_judge, images)
             row = {"sampler": sampler, "steps": n, **adherence(logits, targets, groups),
                    "fd": round(frechet_distance(feats, intended), 3), "fd_all": round(frechet_distance(feats, real_feats), 3),
@@ -235,7 +260,7 @@ def run_eval(*, model: str | None, data: str | Path, judge: str | Path, out: str
         rows = slice(i * images_per_prompt, (i + 1) * images_per_prompt)
         guesses = logits[rows].argmax(1).tolist()
         per_prompt.append({"prompt": p.text, "group": p.group, "target": p.target,
-                           "subject": pipe.settings(p.text, subject=subject).subject,
+                           "subject": subjects[i],
                            "seeds": list(range(i * images_per_prompt, (i + 1) * images_per_prompt)),
                            "top1_hits": int(topk_hits(logits[rows], targets[rows], 1).sum()),
                            "top5_hits": int(topk_hits(logits[rows], targets[rows], 5).sum()),

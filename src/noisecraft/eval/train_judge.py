@@ -134,8 +134,11 @@ def accuracy(judge: Judge, images: torch.Tensor, labels: torch.Tensor, ks=(1, 5)
     return {f"top{k}": round(topk_hits(logits, labels, k).float().mean().item(), 4) for k in ks}
 
 
+WEIGHT_DECAY = 0.05  # AdamW's, on the judge's weight matrices and kernels
+
+
 def train_judge(data: RealSet, out: str | Path, *, steps: int = 3000, batch_size: int = 128, lr: float = 2e-3,
-                weight_decay: float = 0.05, seed: int = 0, config: JudgeConfig | None = None,
+                seed: int = 0, config: JudgeConfig | None = None,
                 augment_strength: float = 1.0, checkpoint_every: int = 250, log=print) -> Judge:
     """Train a judge on `data` (all its images) and write it to `out`; resumes from `out`'s checkpoint."""
     out = Path(out)
@@ -145,7 +148,7 @@ def train_judge(data: RealSet, out: str | Path, *, steps: int = 3000, batch_size
     judge = Judge(config, data.classes).to(memory_format=torch.channels_last)
     decay = [p for n, p in judge.named_parameters() if p.ndim > 1]
     rest = [p for n, p in judge.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}], lr=lr)
     ckpt = out.with_name(out.stem + ".checkpoint.safetensors")
     step, settings = 0, {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "images": len(data),
                          "classes": len(data.classes), "augment": augment_strength}

@@ -1,4 +1,4 @@
-"""The patch-GAN discriminator and losses used to sharpen autoencoders (off by default).
+"""The patch-GAN discriminator used to sharpen autoencoders (off by default; its losses are in `train.losses`).
 
 PatchGAN: Isola et al. 2017 ("Image-to-Image Translation with Conditional Adversarial Networks"),
 as LDM trains its autoencoders (Esser et al. 2021, "Taming Transformers", Sec. 3.2; Rombach et al.
@@ -11,7 +11,6 @@ batches behave the same.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,16 +31,3 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
-
-
-def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_hat))]) (Lim & Ye 2017, geometric GAN)."""
-    return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
-
-
-def adaptive_weight(reconstruction_loss: torch.Tensor, generator_loss: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
-    """lambda = ||grad_L rec|| / (||grad_L gan|| + 1e-4) at the decoder's last layer L (Esser et al. 2021, eq. 7)."""
-    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
-    gan_grad = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0, max_weight).detach()

@@ -352,6 +352,11 @@ class UNet(nn.Module):
         self.out = nn.Sequential(GroupNorm32(ch, UNET_NORM_EPS, **dd), nn.SiLU(),
                                  _zero(nn.Conv2d(mc, c.out_channels, 3, padding=1, **dd)))
 
+    def blocks(self) -> list[nn.Module]:
+        """The parts that run one after another (what sequential offloading moves to the GPU in turn)."""
+        names = ("time_embed", "label_emb", "middle_block", "out")
+        return [*self.input_blocks, *self.output_blocks, *(getattr(self, n) for n in names if hasattr(self, n))]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 concat: torch.Tensor | None = None) -> torch.Tensor:

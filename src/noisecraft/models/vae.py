@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from ..errors import UserError
 from .attention import GroupNorm32, attention
 from .config import JSONConfig
-from .discriminator import adaptive_weight
 
 VAE_NORM_EPS = 1e-6
 
@@ -261,6 +260,10 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
 
+    def blocks(self) -> list[nn.Module]:
+        """The parts that run one after another (what sequential offloading moves to the GPU in turn)."""
+        return [self.encoder, self.decoder, self.quant_conv, self.post_quant_conv]
+
     def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
         """`decode` in overlapping latent tiles, blended with linear ramps: bounded memory for large images.
 
@@ -302,36 +305,3 @@ def _ramp(n: int, fade: int, fade_in: bool, fade_out: bool, device) -> torch.Ten
     if fade_out and fade:
         w[-fade:] = torch.minimum(w[-fade:], steps.flip(0))
     return w
-
-
-def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float = 1e-6,
-             generator: torch.Generator | None = None, discriminator: nn.Module | None = None,
-             gan_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L1 reconstruction of a posterior sample plus ``kl_weight`` times the KL term; returns (loss, logs).
-
-    This is the objective of LDM's ``LPIPSWithDiscriminator`` without the perceptual (LPIPS) term,
-    which needs pretrained VGG weights noisecraft cannot ship: per sample,
-    ``sum |x - x_hat| + kl_weight * KL(q(z|x) || N(0, I))``, averaged over the batch. Both terms
-    are divided by the number of pixel values (C*H*W), so the loss reads as a mean absolute
-    error while ``kl_weight`` keeps its meaning from the LDM configs (1e-6 for SD's kl-f8).
-    With a `discriminator` and ``gan_weight > 0`` (off by default) the patch-GAN generator term
-    ``-D(x_hat)`` is added with the adaptive weight of Esser et al. 2021, eq. 7.
-    Logs (detached, so no device sync): ``loss``, ``l1`` (mean absolute error), ``mse``, ``kl``
-    (per sample, in nats), ``gan`` when used, and ``recon`` (the reconstruction, for the
-    discriminator's own step).
-    """
-    recon, posterior = vae(x, generator)
-    per_value = x[0].numel()
-    l1 = (x.float() - recon.float()).abs().mean()
-    kl = posterior.kl().mean()
-    loss = l1 + kl_weight * kl / per_value
-    with torch.no_grad():
-        mse = (x.float() - recon.float()).pow(2).mean()
-    logs = {"l1": l1.detach(), "mse": mse, "kl": kl.detach(), "recon": recon.detach()}
-    if discriminator is not None and gan_weight > 0:
-        generator_loss = -discriminator(recon).float().mean()
-        last_layer = getattr(vae, "module", vae).decoder.conv_out.weight
-        loss = loss + gan_weight * adaptive_weight(l1, generator_loss, last_layer) * generator_loss
-        logs["gan"] = generator_loss.detach()
-    logs["loss"] = loss.detach()
-    return loss, logs

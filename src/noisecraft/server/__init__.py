@@ -1,11 +1,14 @@
 """`noisecraft serve`: the web page and an AUTOMATIC1111-compatible HTTP API over `Pipeline`.
 
-    app.py       routes: /sdapi/v1/*, /queue, /info, the page at /
-    worker.py    jobs, the bounded FIFO queue, one worker thread per device
-    schemas.py   A1111 request/response JSON, validation into a Plan, PNG/base64
-    catalog.py   the models a server offers, by name
-    security.py  the API key and the refusal to listen openly without one
-    static/      the web page (plain HTML, CSS and JavaScript; no build step)
+    app.py         create_app: the routers, the error handlers, the middleware
+    routes/        a1111.py (/sdapi/v1/*), queue.py (/queue), page.py (the page at /, /info)
+    generation.py  a generation request's way: model, resolve (off the event loop), queue, answer
+    jobs.py        Job and the bounded FIFO queue; worker.py one worker thread per device
+    schemas.py     A1111 request/response JSON and the `Request` it asks for; encoding.py base64 pictures
+    errors.py      422s naming the A1111 field; context.py what the routes share
+    catalog.py     the models a server offers, by name; preview.py the picture so far
+    security.py    the API key, the refusal to listen openly without one, security headers
+    static/        the web page (plain HTML, CSS and JavaScript; no build step)
 """
 
 from __future__ import annotations
@@ -58,21 +61,16 @@ def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
     import uvicorn
 
-    from .app import ServerSettings, create_app
+    from ..devices import pick_device
+    from ..settings import Limits
+    from .app import create_app
     from .catalog import Catalog
-    from .schemas import Limits
+    from .context import ServerSettings
     from .worker import WorkerPool
 
     check_exposure(options.host, options.api_key, options.insecure)
-    from ..pipeline import pick_device
-
     for device in options.devices:
-        try:
-            pick_device(device)
-        except (RuntimeError, ValueError) as error:
-            if isinstance(error, UserError):
-                raise
-            raise UserError(f"--device {device} is not a device PyTorch knows; use auto, cpu, cuda, cuda:N or mps") from None
+        pick_device(device)
     if options.max_images < 1:
         raise UserError(f"--max-images must be at least 1, not {options.max_images}")
     sock = bind(options.host, options.port)

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-BUILTIN = "builtin"
-
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -45,30 +43,12 @@ class Catalog:
     @classmethod
     def from_paths(cls, paths: list[str | os.PathLike | None] | None) -> "Catalog":
         """Describe each `--model` argument (None or "builtin" is the built-in model) without loading it."""
-        from ..checkpoints import model_hash, read_safetensors_header
-        from ..pipeline import BUILTIN_MODEL
+        from ..checkpoints import identify
 
         entries: list[ModelEntry] = []
         for raw in paths or [None]:
-            if raw is None or str(raw) == BUILTIN:
-                files = sorted(BUILTIN_MODEL.glob("*.safetensors"))
-                if not files:
-                    raise UserError("this install has no built-in model; pass a model with --model PATH")
-                metadata = read_safetensors_header(files[0]).get("__metadata__") or {}
-                import json
-
-                name = json.loads(metadata.get("config", "{}")).get("name") or BUILTIN
-                entries.append(ModelEntry(name, None, model_hash(files[0])))
-                continue
-            path = Path(raw).expanduser()
-            if not path.exists():
-                raise UserError(f"no model at {path}; give a model folder or file with --model")
-            weights = _single_weights_file(path)
-            if path.is_dir():
-                name = path.name
-            else:  # a training run's model.safetensors is called by its run folder, as `Pipeline` does
-                name = path.parent.name if path.name == "model.safetensors" else path.stem
-            entries.append(ModelEntry(name, path.resolve(), model_hash(weights) if weights else ""))
+            source = identify(raw)
+            entries.append(ModelEntry(source.name, None if source.builtin else source.path.resolve(), source.hash))
         seen: dict[str, int] = {}
         unique = []
         for entry in entries:  # two files called model.safetensors in folders of the same name
@@ -95,14 +75,3 @@ class Catalog:
             if entry.name.lower() == stem:
                 return entry
         return None
-
-
-def _single_weights_file(path: Path) -> Path | None:
-    """The one weights file behind `path` (for the A1111 hash), or None for a folder of several."""
-    if path.is_file():
-        return path
-    preferred = path / "model.safetensors"
-    if preferred.is_file():
-        return preferred
-    candidates = sorted(path.glob("*.safetensors"))
-    return candidates[0] if len(candidates) == 1 else None

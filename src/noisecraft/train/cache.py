@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from ..checkpoints import write_safetensors
+from ..checkpoints.io import write_safetensors
 
 
 def _fingerprint(*parts) -> str:

@@ -7,7 +7,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from ..images import to_pil
+from ..pipeline import Pipeline
 from ..pngmeta import save_png
+from ..settings import Request
 
 
 def grid(images: list[Image.Image], columns: int) -> Image.Image:
@@ -26,17 +29,13 @@ def sample_grid(trainer, path: Path) -> Path:
     if config.kind == "vae":
         x = trainer.data.images[:: max(1, len(trainer.data) // 8)][:8].float().div(127.5).sub(1).to(trainer.device)
         recon = trainer.ema.decode(trainer.ema.encode(x).mode()).clamp(-1, 1)
-        pictures = [Image.fromarray(((t.permute(1, 2, 0).squeeze(-1).cpu().numpy() + 1) * 127.5).round().astype("uint8"))
-                    for t in torch.cat([x, recon])]
+        pictures = [to_pil((t + 1) / 2) for t in torch.cat([x, recon])]
         return save_png(grid(pictures, 8), path, parameters=f"autoencoder reconstructions, step {trainer.step}")
-    from ..pipeline import Pipeline
-
     s = trainer.config.sample
     pipe = Pipeline(config, trainer.ema, trainer.vae, trainer.text_encoder, device=trainer.device, name=config.name)
     pictures = []
     for prompt in s.prompts:
-        pictures += pipe(prompt, steps=s.steps, guidance_scale=s.guidance_scale, sampler=s.sampler,
-                         seed=s.seed, num_images=4)
+        pictures += pipe(Request(prompt, steps=s.steps, guidance_scale=s.guidance_scale, sampler=s.sampler, seed=s.seed, num_images=4))
     sheet = grid(pictures, 4)
     labelled = Image.new("RGB", (sheet.width + 160, sheet.height), "white")
     labelled.paste(sheet, (160, 0))

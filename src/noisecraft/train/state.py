@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_safetensors_header, sniff, write_safetensors
+from ..checkpoints.io import read_safetensors_header, sniff, write_safetensors
 from ..errors import ModelFileError
 
 CHECKPOINT = "checkpoint.safetensors"

@@ -22,17 +22,18 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import schedules
 from ..checkpoints import ModelConfig, load_model_file, save_model_file
-from ..denoiser import Denoiser, min_snr_weights
+from ..denoiser import Denoiser
+from ..devices import pick_device
 from ..errors import UserError
-from ..models.text import load_text_encoder
+from ..models.discriminator import PatchDiscriminator
 from ..models.unet import UNet, UNetConfig
-from ..models.discriminator import PatchDiscriminator, hinge_discriminator_loss
-from ..models.vae import AutoencoderKL, VAEConfig, vae_loss
+from ..models.vae import AutoencoderKL, VAEConfig
+from ..text.minilm import TEXT_ENCODERS, load_text_encoder
 from .cache import TextCache, cached_latents, cached_text
 from .config import TrainConfig
 from .data import batch_indices, load_image_folder
+from .losses import denoising_loss, hinge_discriminator_loss, min_snr_weights, training_sigmas, vae_loss
 from .state import CHECKPOINT, load_checkpoint, save_checkpoint
 
 
@@ -69,8 +70,8 @@ def build_model_config(config: TrainConfig) -> ModelConfig:
 
 
 def load_text_encoder_dims(name: str | None) -> int | None:
-    from ..models.text import TEXT_ENCODERS
-
+    if name and name not in TEXT_ENCODERS:
+        raise UserError(f"unknown text encoder {name!r} in the training config; this noisecraft knows: {', '.join(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name].dim if name else None
 
 
@@ -105,8 +106,6 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup_device(self, device: str) -> torch.device:
-        from ..pipeline import pick_device
-
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         device = pick_device(device)
         if device.type == "cuda":
@@ -124,7 +123,7 @@ class Trainer:
             self.vae, self.text_encoder, self.denoiser, self.text, self.latents = None, None, None, None, None
         else:
             self.model = UNet(c.unet).to(self.device)
-            ac = schedules.alphas_cumprod(schedules.betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end))
+            ac = c.alphas_cumprod()
             self.vae = None
             if c.kind == "latent":
                 _, parts, _ = load_model_file(self.config.resolve(self.config.model.vae_path))
@@ -212,7 +211,7 @@ class Trainer:
             cond = self.text.conditioning(tokens[mine], pooled=bool(c.unet.adm_in_channels), pooled_ids=choice[mine])
         sigma = noise = None
         if c.kind != "vae":
-            sigma = self.denoiser.sample_training_sigmas(x0.shape[0], g)[mine].to(self.device, torch.float32)
+            sigma = training_sigmas(self.denoiser, x0.shape[0], g)[mine].to(self.device, torch.float32)
             noise = torch.randn(x0.shape, generator=g)[mine].to(self.device)
         return x0[mine].to(self.device), {k: v.to(self.device) for k, v in cond.items()}, sigma, noise, g
 
@@ -235,7 +234,7 @@ class Trainer:
                                   discriminator=self.disc_trained if active else None, gan_weight=t.gan_weight)
             self._pair = (x0, logs["recon"]) if active else None
             return loss
-        loss = self.denoiser.loss(x0, sigma, cond, noise)
+        loss = denoising_loss(self.denoiser, x0, sigma, cond, noise)
         gamma = self.config.train.min_snr_gamma
         if gamma > 0:
             loss = loss * min_snr_weights(sigma, gamma, self.model_config.prediction).to(loss.device)

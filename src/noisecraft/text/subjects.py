@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 
 @torch.no_grad()

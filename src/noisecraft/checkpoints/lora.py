@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ModelFileError, UserError
 from . import keymaps
-from .checkpoints import model_hash
-from .errors import ModelFileError, UserError
+from .io import model_hash, read_tensors
 
 
 @dataclass
@@ -51,8 +51,6 @@ def parse_lora_file(path: str | Path) -> dict[str, LoraPair]:
 
     Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``.
     """
-    from .sdfiles import read_tensors
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"no LoRA file at {path}")
@@ -110,6 +108,16 @@ def unet_targets(unet: nn.Module, num_res_blocks: int) -> dict[str, nn.Module]:
             targets[name.replace(".", "_")] = module
             diffusers_name = keymaps.unet_ldm_to_diffusers(name + ".weight", num_res_blocks)[: -len(".weight")]
             targets[diffusers_name.replace(".", "_")] = module
+    return targets
+
+
+def lora_targets(unet: nn.Module, num_res_blocks: int, text_encoder=None) -> dict[str, dict[str, nn.Module]]:
+    """Every layer a LoRA file may name, per part (``unet``, ``te1``, ``te2``), under each name it may use."""
+    targets = {"unet": unet_targets(unet, num_res_blocks)}
+    for name, module in getattr(text_encoder, "text_lora_targets", dict)().items():
+        part, rest = ("te2", name[len("lora_te2_"):]) if name.startswith("lora_te2_") else \
+                     ("te1", re.sub(r"^lora_te1?_", "", name))
+        targets.setdefault(part, {})[rest] = module
     return targets
 
 

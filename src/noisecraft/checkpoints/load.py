@@ -1,0 +1,186 @@
+"""From a path to networks: `identify` what a model path is, `load_components` builds its networks,
+`describe` says what it holds. `Pipeline.from_pretrained`, `noisecraft info` and the server's catalog
+all go through these, so a file is named, sniffed and its header parsed the same way, once.
+
+What users call a model (its name in PNG parameters and the server's model list): the built-in
+model's config name; a folder's name; for a file named ``model.safetensors`` (what training writes)
+its folder's name; otherwise the file name without its extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError, UserError
+from ..models.unet import UNet
+from ..models.vae import AutoencoderKL
+from ..text.minilm import load_text_encoder
+from ..text.subjects import SubjectIndex
+from .config import ModelConfig
+from .io import model_hash, read_safetensors_header, sniff, weights_file
+from .noisecraft import is_noisecraft, read_model_file
+from .sd import (DIFFUSERS_WEIGHTS, SDCheckpoint, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
+                 load_single_file, load_vae_file, text_encoder_from_folder, text_encoder_from_single_file)
+from .sd_config import vae_config_of
+
+BUILTIN_MODEL = Path(__file__).parent.parent / "builtin"
+BUILTIN = "builtin"  # what names the built-in model where a path is expected (`serve --model builtin`)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model path, identified: its kind, the file that names and hashes it, and what users call it.
+
+    kind: "noisecraft" (a noisecraft model file), "sd" (a Stable Diffusion single file) or
+    "diffusers" (a diffusers folder, whose UNet weights are `file`). `fmt` and `header` are the
+    sniffed format and safetensors header of `file` (None for diffusers folders and pickles).
+    """
+
+    path: Path
+    kind: str
+    file: Path
+    name: str
+    fmt: str | None = None
+    header: dict | None = dataclasses.field(default=None, compare=False, repr=False)
+    builtin: bool = False
+
+    @property
+    def hash(self) -> str:
+        """AUTOMATIC1111's short model hash (sha256 of `file`; seconds for large files, then remembered)."""
+        return model_hash(self.file)
+
+
+@dataclass
+class Components:
+    """A model's networks, built and on their device."""
+
+    config: ModelConfig
+    unet: UNet
+    vae: AutoencoderKL | None
+    text_encoder: object | None
+    family: str  # "noisecraft", "sd1", "sd2" or "sdxl"
+    subjects: SubjectIndex | None
+    source: Source
+
+
+def identify(path: str | os.PathLike | None = None) -> Source:
+    """What the model at `path` is (None or "builtin": the built-in model), reading no more than a header."""
+    builtin = path is None or str(path) == BUILTIN
+    if builtin:
+        if not any(BUILTIN_MODEL.glob("*.safetensors")):
+            raise UserError("this install has no built-in model; pass a model with --model PATH")
+        path = BUILTIN_MODEL
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"no model at {path}; give a noisecraft model folder or .safetensors file")
+    if is_diffusers_folder(path):
+        return Source(path, "diffusers", weights_file(path / "unet", DIFFUSERS_WEIGHTS, ("*.safetensors", "*.bin")), path.name)
+    file = weights_file(path)
+    fmt = sniff(file)
+    header = read_safetensors_header(file) if fmt == "safetensors" else None
+    kind = "sd" if not is_noisecraft(header) and is_sd_single_file(fmt, header) else "noisecraft"
+    return Source(path, kind, file, _name(path, file, header, builtin), fmt, header, builtin)
+
+
+def _name(path: Path, file: Path, header: dict | None, builtin: bool) -> str:
+    """The model-naming rule (module docstring)."""
+    if builtin:
+        try:
+            return json.loads((header.get("__metadata__") or {}).get("config", "{}")).get("name") or BUILTIN
+        except (ValueError, AttributeError):
+            return BUILTIN
+    if path.is_dir():
+        return path.name
+    return file.parent.name if file.name == "model.safetensors" else file.stem
+
+
+def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None) -> SDCheckpoint:
+    """A Stable Diffusion model's weights (a `Source` or a path), in the original layout, on the CPU."""
+    source = source if isinstance(source, Source) else identify(source)
+    if source.kind == "diffusers":
+        return load_diffusers_folder(source.path, source.name, prediction=prediction)
+    return load_single_file(source.file, source.name, fmt=source.fmt, header=source.header, prediction=prediction)
+
+
+def load_components(source: Source, *, device: torch.device, dtype: torch.dtype, vae: str | os.PathLike | None = None,
+                    prediction: str | None = None) -> Components:
+    """Build a model's networks on `device`: the UNet in `dtype`, the VAE in float32 (SD's in `dtype` on
+    CUDA), the text encoder. `vae` swaps in a standalone autoencoder and `prediction` ("eps" or "v")
+    overrides what a Stable Diffusion file implies."""
+    if source.kind == "noisecraft":
+        if vae is not None or prediction is not None:
+            raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
+        config, parts = read_model_file(source.file, source.fmt, source.header)
+        if config.kind == "vae" or config.unet is None:
+            raise UserError(f"{source.file} is an autoencoder alone; generation needs a diffusion model (kind 'latent' or 'pixel')")
+        if "unet" not in parts or (config.kind == "latent" and "vae" not in parts):
+            raise ModelFileError(f"{source.file} lacks the {'unet' if 'unet' not in parts else 'vae'} weights its config names; the file is incomplete")
+        unet = build_module(UNet, config.unet, parts["unet"], device, dtype)
+        autoencoder = build_module(AutoencoderKL, config.vae, parts["vae"], device, torch.float32) if config.kind == "latent" else None
+        text_encoder = load_text_encoder(config.text_encoder).to(device) if config.text_encoder else None
+        subjects = SubjectIndex.from_part(parts["subjects"]) if "subjects" in parts and text_encoder is not None else None
+        return Components(config, unet, autoencoder, text_encoder, "noisecraft", subjects, source)
+    ckpt = read_checkpoint(source, prediction)
+    config = ckpt.config
+    if vae is not None:
+        ckpt.parts["vae"] = load_vae_file(Path(vae))
+        config = dataclasses.replace(config, vae=vae_config_of(ckpt.parts["vae"], ckpt.family))
+    unet = build_module(UNet, config.unet, ckpt.parts.pop("unet"), device, dtype)
+    # The VAE runs in the UNet's dtype on GPUs; `Pipeline.decode` falls back to float32 if fp16 overflows.
+    autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
+    if ckpt.folder is not None:
+        text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
+    else:
+        text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
+    return Components(config, unet, autoencoder, text_encoder, ckpt.family, None, source)
+
+
+def build_module(cls, config, state: dict, device, dtype):
+    """`cls(config)` built on the meta device and given `state`'s tensors (no random init, no copy
+    where dtype and device already match), frozen for inference."""
+    with torch.device("meta"):
+        module = cls(config)
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"the model file's weights do not fit its config ({str(error).splitlines()[0]})") from None
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def describe(source: Source) -> dict[str, str]:
+    """What `noisecraft info` prints: label -> text, in order."""
+    if source.kind == "noisecraft":
+        config, parts = read_model_file(source.file, source.fmt, source.header)
+        family = None
+    else:
+        ckpt = read_checkpoint(source)
+        config, parts = ckpt.config, ckpt.parts
+        family = f"Stable Diffusion {ckpt.family}{' (inpainting)' if ckpt.inpainting else ''}"
+    counts = {part: sum(t.numel() for t in state.values()) for part, state in parts.items()}
+    dtypes = {part: sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}) for part, state in parts.items()}
+    kinds = {"latent": "UNet over VAE latents", "pixel": "UNet over pixels"}
+    lines = {"family": family} if family else {}
+    lines |= {"file": f"{source.file} ({source.file.stat().st_size / 1e6:.1f} MB, hash {source.hash})",
+              "name": config.name, "kind": f"{config.kind} ({kinds.get(config.kind, 'autoencoder alone')})"}
+    if config.unet:
+        lines["unet"] = (f"{counts.get('unet', 0) / 1e6:.2f}M parameters ({', '.join(dtypes.get('unet', []))}), "
+                         f"channels {config.unet.model_channels} x {list(config.unet.channel_mult)}")
+        lines["prediction"] = (f"{config.prediction}, {config.beta_schedule} betas {config.beta_start}..{config.beta_end}, "
+                               f"{config.num_train_timesteps} steps")
+    if config.vae:
+        lines["vae"] = (f"{counts.get('vae', 0) / 1e6:.2f}M parameters, downsampling x{config.vae.downsample_factor}, "
+                        f"{config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}")
+    lines["text"] = config.text_encoder or "none (unconditional)"
+    if "subjects" in parts:
+        index = SubjectIndex.from_part(parts["subjects"])
+        lines["subjects"] = (f"{len(index.names)} ({len(index.vectors)} phrases); prompts draw the nearest one "
+                             "(--subject off: the prompt's own words)")
+    lines["image size"] = f"{config.image_size}x{config.image_size}"
+    lines["defaults"] = ", ".join(f"{k}={v}" for k, v in config.defaults.items())
+    return lines

@@ -1,0 +1,61 @@
+"""Pictures <-> latents through a model's autoencoder (`LatentCodec`): the latent scale and shift,
+posterior samples drawn from the image's own noise, tiled decoding of large pictures, and the
+float32 retry of a half-precision decode that overflowed. Pixel models pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .models.vae import AutoencoderKL
+
+TILE_ABOVE = 128  # latent pixels: larger images decode in tiles unless `tiling` says otherwise
+
+
+class LatentCodec:
+    """Encode images in [-1, 1] to scaled latents and decode latents to images in [0, 1]."""
+
+    def __init__(self, vae: AutoencoderKL | None, dtype: torch.dtype):
+        self.vae, self.dtype = vae, dtype
+        self.tiling: bool | None = None  # None: tile only pictures larger than TILE_ABOVE latent pixels
+
+    def encode(self, pixels: torch.Tensor, noise: Callable | None = None) -> torch.Tensor:
+        """Scaled latents: a posterior sample drawn from `noise(like)`, or the posterior mean."""
+        vae = self.vae
+        posterior = vae.encode(pixels.to(next(vae.parameters()).dtype))
+        z = posterior.mean if noise is None else posterior.mean + posterior.std * noise(posterior.mean)
+        return ((z.float() - vae.config.shift_factor) * vae.config.scaling_factor).to(self.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (or pixels, for pixel models) to images in [0, 1].
+
+        A half-precision VAE that overflows (SDXL's does in fp16) is moved to float32 and the decode
+        repeated, instead of returning a black image.
+        """
+        if self.vae is not None:
+            z = latents.float() / self.vae.config.scaling_factor + self.vae.config.shift_factor
+            vae_dtype = next(self.vae.parameters()).dtype
+            tiled = self.tiling if self.tiling is not None else max(z.shape[-2:]) > TILE_ABOVE
+            run = self.vae.decode_tiled if tiled else self.vae.decode
+            out = run(z.to(vae_dtype))
+            if vae_dtype != torch.float32 and not torch.isfinite(out).all():
+                self.vae.float()
+                out = run(z)
+            latents = out
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    def inpaint_channels(self, init: torch.Tensor | None, mask: torch.Tensor | None, noise: Callable, n: int, shape: tuple,
+                         factor: int, device: torch.device) -> torch.Tensor:
+        """[mask, masked-image latents] for an inpainting UNet; without a start picture, a blank canvas to paint in."""
+        if init is None:  # txt2img with an inpainting model: everything masked, over a grey (0) image
+            blank = torch.zeros(n, 3, shape[1] * factor, shape[2] * factor, device=device)
+            return torch.cat([torch.ones(n, 1, *shape[1:], device=device), self.encode(blank)], dim=1).to(self.dtype)
+        masked = self.encode(init * (mask.to(init.device) < 0.5), noise)
+        return torch.cat([latent_mask(mask, shape).to(device).expand(n, -1, -1, -1), masked], dim=1).to(self.dtype)
+
+
+def latent_mask(mask: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """A pixel mask [1, 1, H, W] at the latents' size (nearest, as diffusers)."""
+    return torch.nn.functional.interpolate(mask, size=tuple(shape[1:]))

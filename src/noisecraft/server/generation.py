@@ -1,0 +1,88 @@
+"""A generation request's way through the server: pick the model, resolve the request against it
+(off the event loop), queue the job, wait for it while watching for the client to leave, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import UserError
+from . import schemas
+from .context import Context
+from .encoding import png_base64
+from .errors import FieldError, field_error, field_of, unprocessable
+from .jobs import Failure, Job, QueueFull
+
+log = logging.getLogger("noisecraft.server")
+
+
+def unknown_model(name: str, catalog) -> str:
+    return f"unknown model {name!r}; choose one of: {', '.join(e.title for e in catalog.entries)}"
+
+
+async def generate(ctx: Context, request: Request, req: schemas.GenerationRequest, init=None, mask=None):
+    """Answer a txt2img/img2img request with A1111's response JSON (or a refusal)."""
+    pool = ctx.pool
+    entry = pool.current
+    wanted = (req.override_settings or {}).get("sd_model_checkpoint")
+    if wanted:
+        entry = pool.catalog.find(wanted)
+        if entry is None:
+            raise FieldError(("override_settings", "sd_model_checkpoint"), unknown_model(wanted, pool.catalog))
+    job = Job(entry, request=schemas.to_request(req), init_image=init, mask_image=mask, limits=ctx.settings.limits)
+    if req.force_task_id:
+        job.id = req.force_task_id
+    pipe = pool.loaded(entry)
+    if pipe is not None:  # resolve now, before queueing; else the worker resolves against the model it loads
+        try:
+            job.settings = await asyncio.wrap_future(pool.resolve(pipe, job.request, init, mask, job.limits))
+        except UserError as error:
+            raise field_error(error, req.n_iter) from None
+    started = time.monotonic()
+    try:
+        failure = await submit_and_wait(ctx, job, request)
+        if failure is not None:
+            return answer(failure, req.n_iter)
+        s = job.settings
+        log.info("%s: %s, %d step(s) of %s, %s in %.2f s", job.id[:12], job.describe(), s.steps, s.sampler.name,
+                 job.status, time.monotonic() - started)
+        images = await run_in_threadpool(lambda: [png_base64(i) for i in job.images]) if req.send_images else []
+        exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())
+        return {"images": images, "parameters": req.model_dump(exclude=exclude),
+                "info": schemas.info_json(s, job.pipe, job.images, interrupted=job.status == "interrupted")}
+    finally:
+        job.on_done(job.release)  # /queue remembers the job's status, not its pictures or its model
+
+
+def answer(failure: Failure | Response, n_iter: int = 1) -> Response:
+    """The HTTP answer to a job that did not succeed."""
+    if isinstance(failure, Response):
+        return failure
+    if failure.status == 422:
+        return unprocessable(failure.loc or field_of(failure.field, n_iter) or ("body",), failure.message)
+    return JSONResponse({"detail": failure.message}, status_code=failure.status)
+
+
+async def submit_and_wait(ctx: Context, job: Job, request: Request) -> Failure | Response | None:
+    """Queue `job` and wait for it; a 429 or 499 answer, the job's `Failure`, or None when it succeeded."""
+    queue = ctx.pool.queue
+    try:
+        queue.submit(job)
+    except QueueFull as full:
+        return JSONResponse({"detail": str(full)}, status_code=429, headers={"Retry-After": str(full.retry_after)})
+    loop, event = asyncio.get_running_loop(), asyncio.Event()
+    job.on_done(lambda: loop.call_soon_threadsafe(event.set))
+    while not event.is_set():
+        try:
+            await asyncio.wait_for(event.wait(), ctx.settings.disconnect_poll_s)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                queue.cancel(job, "the client disconnected")
+                log.info("%s: client disconnected; job dropped", job.id[:12])
+                return Response(status_code=499)
+    return job.failure

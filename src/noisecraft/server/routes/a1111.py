@@ -1,0 +1,127 @@
+"""AUTOMATIC1111's ``/sdapi/v1`` API: txt2img, img2img, progress, interrupt, models, samplers, options, PNG info."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Body, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from ...pngmeta import parse_parameters
+from ...samplers import SAMPLERS, SCHEDULERS
+from ..context import Context, context
+from ..encoding import decode_image
+from ..errors import FieldError
+from ..generation import answer, generate, submit_and_wait, unknown_model
+from ..jobs import Job
+from ..preview import preview
+from ..schemas import GenerationRequest, ImageResponse, Img2ImgRequest, OptionsUpdate, PngInfoRequest
+
+router = APIRouter(tags=["A1111"])
+
+
+@router.post("/sdapi/v1/txt2img", response_model=ImageResponse)
+async def txt2img(request: Request, req: GenerationRequest = Body(...), ctx: Context = Depends(context)):
+    """Pictures from a prompt; A1111's request and response JSON."""
+    return await generate(ctx, request, req)
+
+
+@router.post("/sdapi/v1/img2img", response_model=ImageResponse)
+async def img2img(request: Request, req: Img2ImgRequest = Body(...), ctx: Context = Depends(context)):
+    """Pictures from a start image (`init_images[0]`), optionally repainting only inside `mask`."""
+    if len(req.init_images) != 1:
+        raise FieldError("init_images", f"init_images must hold exactly one picture, not {len(req.init_images)}")
+    init = await run_in_threadpool(decode_image, req.init_images[0], ("init_images", 0))
+    mask = None
+    if req.mask:
+        mask = await run_in_threadpool(decode_image, req.mask, ("mask",))
+        if req.inpainting_mask_invert:
+            from PIL import ImageOps
+
+            mask = ImageOps.invert(mask.convert("L"))
+    return await generate(ctx, request, req, init, mask)
+
+
+@router.get("/sdapi/v1/progress")
+async def progress(skip_current_image: bool = False, ctx: Context = Depends(context)):
+    """The running job: fraction done, seconds left, and (unless skipped) the picture so far."""
+    running, waiting = ctx.pool.queue.snapshot()
+    job = running[0] if running else None
+    state = {"skipped": False, "interrupted": bool(job and job.cancelled), "stopping_generation": False,
+             "job": job.id if job else "", "job_count": (job.chunks if job else 0) + waiting,
+             "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": job.chunk if job else 0,
+             "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
+    image = None
+    if job is not None and not skip_current_image:
+        image = await run_in_threadpool(preview, job)
+    return {"progress": job.fraction if job else 0.0, "eta_relative": eta(job), "state": state, "current_image": image,
+            "textinfo": None}
+
+
+def eta(job: Job | None) -> float:
+    """Seconds left for a running job, from its pace so far."""
+    if job is None or not job.started or job.fraction <= 0:
+        return 0.0
+    elapsed = time.monotonic() - job.started
+    return round(max(0.0, elapsed / job.fraction - elapsed), 2)
+
+
+@router.post("/sdapi/v1/interrupt")
+async def interrupt(ctx: Context = Depends(context)):
+    """Stop the running job(s) within one sampling step; the queue moves on."""
+    return {"interrupted": ctx.pool.queue.interrupt_running("interrupted")}
+
+
+@router.get("/sdapi/v1/sd-models")
+async def sd_models(ctx: Context = Depends(context)):
+    return [{"title": e.title, "model_name": e.name, "hash": e.hash or None, "sha256": None,
+             "filename": e.filename, "config": None} for e in ctx.pool.catalog.entries]
+
+
+@router.get("/sdapi/v1/samplers")
+async def samplers():
+    return [{"name": spec.a1111_name, "aliases": [spec.name], "options": {}} for spec in SAMPLERS.values()]
+
+
+@router.get("/sdapi/v1/schedulers")
+async def schedulers():
+    return [{"name": name, "label": name.capitalize(), "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for name in SCHEDULERS]
+
+
+@router.get("/sdapi/v1/scripts")
+async def scripts():
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/options")
+async def get_options(ctx: Context = Depends(context)):
+    current = ctx.pool.current
+    return {"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.hash or None,
+            "samples_format": "png", "live_previews_enable": True, "show_progress_every_n_steps": 1,
+            "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
+
+
+@router.post("/sdapi/v1/options")
+async def set_options(request: Request, update: OptionsUpdate = Body(...), ctx: Context = Depends(context)):
+    """Switch the model (`sd_model_checkpoint`: a title, name or hash from sd-models); other options are ignored."""
+    pool = ctx.pool
+    if update.sd_model_checkpoint:
+        entry = pool.catalog.find(update.sd_model_checkpoint)
+        if entry is None:
+            raise FieldError("sd_model_checkpoint", unknown_model(update.sd_model_checkpoint, pool.catalog))
+        if entry != pool.current or pool.loaded(entry) is None:
+            failure = await submit_and_wait(ctx, Job(entry, kind="load"), request)
+            if failure is not None:
+                return answer(failure)
+        pool.current = entry
+    return None
+
+
+@router.post("/sdapi/v1/png-info")
+async def png_info(req: PngInfoRequest):
+    """The generation parameters stored in a PNG (A1111's 'PNG Info')."""
+    image = await run_in_threadpool(decode_image, req.image, ("image",))
+    text = image.info.get("parameters") or ""
+    items = {k: v for k, v in image.info.items() if isinstance(v, str)}
+    return {"info": text, "items": items, "parameters": parse_parameters(text) if text else {}}

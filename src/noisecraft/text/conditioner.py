@@ -1,0 +1,83 @@
+"""Prompts -> the conditioning dict a UNet takes: ``context`` (token states), ``context_mask``
+(noisecraft's models), ``y`` (pooled vector; for SDXL with its size conditioning).
+
+One `Conditioner` per loaded model. It also decides which words the UNet reads (`subject`): the
+prompt's own, or the nearest subject of the model's subject index (`text.subjects`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from ..models.unet import timestep_embedding
+from .base import TextEmbedding
+from .subjects import SubjectIndex
+
+
+class Conditioner:
+    """A text encoder (or None, for unconditional models) and what its model family feeds the UNet."""
+
+    def __init__(self, encoder, *, family: str, adm_in_channels: int | None, image_size: int,
+                 device: torch.device, dtype: torch.dtype, subjects: SubjectIndex | None = None):
+        self.encoder, self.family, self.adm_in_channels, self.image_size = encoder, family, adm_in_channels, image_size
+        self.device, self.dtype, self.subjects = device, dtype, subjects
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model reads a prompt at all."""
+        return self.encoder is not None
+
+    def subject(self, prompt: str, subject: str | None) -> str | None:
+        """The words the UNet reads instead of the prompt's, or None where it reads the prompt's own.
+
+        `subject`: "auto" draws the nearest subject of the model's subject index (if it has one),
+        "off" (or None) the prompt's own words, any other text that text's words.
+        """
+        if subject is None or subject == "off" or self.encoder is None:
+            return None
+        if not isinstance(subject, str) or not subject.strip():
+            raise UserError("subject must be 'auto', 'off' or the words to draw", field="subject")
+        if subject == "auto":
+            if self.subjects is None:
+                return None
+            subject = self.subjects.subject_of(self.encoder, prompt)
+        return None if subject == prompt else subject
+
+    def encode(self, prompts: list[str], size: tuple[int, int] | None = None, words: list[str] | None = None) -> dict:
+        """The conditioning dict the UNet takes (`context`, `context_mask`, `y`) for a batch of prompts.
+
+        `words`: texts whose token states replace the prompts' (the pooled vectors stay the prompts').
+
+        SDXL's `y` is [pooled text | sinusoids of (height, width, crop top, crop left, height, width)]
+        for an image of `size` (width, height), uncropped (Podell et al. 2023, Sec. 2.2).
+        """
+        if self.encoder is None:
+            return {}
+        emb: TextEmbedding = self.encoder.encode(prompts).to(self.device)
+        if words is not None and words != prompts:
+            read = self.encoder.encode(words).to(self.device)
+            emb = TextEmbedding(read.tokens, emb.pooled, read.mask)
+        if self.family == "sdxl":  # an empty prompt means zero conditioning, as SDXL was trained (sgm's ucg)
+            empty = torch.tensor([not p for p in prompts], device=self.device)
+            emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
+        cond = {"context": emb.tokens.to(self.dtype)}
+        if self.family == "noisecraft":
+            cond["context_mask"] = emb.mask
+        if self.adm_in_channels:
+            y = emb.pooled
+            if self.family == "sdxl":
+                width, height = size or (self.image_size, self.image_size)
+                ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32, device=self.device)
+                dim = (self.adm_in_channels - y.shape[1]) // len(ids)
+                y = torch.cat([y.float(), timestep_embedding(ids, dim).reshape(1, -1).expand(len(prompts), -1)], dim=1)
+            cond["y"] = y.to(self.dtype)
+        return cond
+
+    def pair(self, prompt: str, negative: str, subject: str | None, n: int, size: tuple[int, int],
+             guided: bool) -> tuple[dict, dict | None]:
+        """Conditioning for n pictures of `prompt` and, when `guided`, the negative prompt's: one encoder batch."""
+        negatives = [negative] * n if guided else []
+        both = self.encode([prompt] * n + negatives, size, [subject or prompt] * n + negatives)
+        cond = {k: v[:n] for k, v in both.items()}
+        return cond, ({k: v[n:] for k, v in both.items()} if guided else None)

@@ -1,6 +1,13 @@
 """Load test of `noisecraft serve`: many concurrent A1111 clients against one CPU worker.
 
     python benchmarks/load_test.py [--clients 32] [--requests 8] [--total 500] [--steps 20] [--threads N] [--model PATH]
+    python benchmarks/load_test.py --poll-test [--pollers 8] [--size 512] [--jobs 2] [--steps 4]
+
+`--poll-test` (issue 16): a small random-weights model of Stable Diffusion 1.x's shape (the UNet at
+1/5 width, the f8 autoencoder at 1/2 width; `benchmarks/sd_speed.py`'s "small") makes `--jobs`
+pictures of `--size` px, first with nobody polling, then with `--pollers` clients asking
+`/sdapi/v1/progress` (with the preview) as fast as they can; each run in a fresh server. Passes when
+every request is answered and the server's peak memory with pollers is within 2x of without.
 
 Starts `noisecraft serve` as a child process (built-in model by default), then in this process:
 
@@ -118,6 +125,100 @@ def client(run: Run, url: str, combos: list[tuple[str, int]], picks: list[int], 
                 break
 
 
+def sd_shaped_model(folder: Path) -> Path:
+    """A random-weights single file of SD 1.x's structure at reduced width (the tests' model writer)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import diffusers
+    import torch
+    from clip_helpers import CLIP_L  # noqa: PLC0415
+    from test_sd_pipeline import build_sd_model  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), layers_per_block=2,
+                                          cross_attention_dim=CLIP_L["hidden_size"], attention_head_dim=8).eval()
+    vae = diffusers.AutoencoderKL(block_out_channels=(64, 128, 256, 256), layers_per_block=2, latent_channels=4,
+                                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
+    single, _ = build_sd_model(folder, "sd1", unet=unet, vae=vae)
+    return single
+
+
+def poll_run(model: Path, env: dict, pollers: int, jobs: int, size: int, steps: int) -> dict:
+    """One fresh server: `jobs` pictures in a row while `pollers` clients poll /progress; peak RSS and answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", "--model", str(model), "--port", str(port),
+                               "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    answers: dict[str, int] = {}
+    lock, done, peak = threading.Lock(), threading.Event(), [0.0]
+    try:
+        while True:
+            try:
+                httpx.get(url + "/queue", timeout=2)
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.3)
+        idle = rss_mb(server.pid)
+
+        def count(key):
+            with lock:
+                answers[key] = answers.get(key, 0) + 1
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mb(server.pid))
+                time.sleep(0.05)
+
+        def poll():
+            with httpx.Client(base_url=url, timeout=600) as http:
+                while not done.is_set():
+                    try:
+                        count(f"progress {http.get('/sdapi/v1/progress').status_code}")
+                    except httpx.HTTPError as error:
+                        count(f"progress {type(error).__name__}")
+
+        threads = [threading.Thread(target=watch)] + [threading.Thread(target=poll) for _ in range(pollers)]
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        with httpx.Client(base_url=url, timeout=1800) as http:
+            for k in range(jobs):
+                response = http.post("/sdapi/v1/txt2img", json={"prompt": "a product shot of a teapot", "seed": k,
+                                                                "steps": steps, "width": size, "height": size})
+                count(f"txt2img {response.status_code}")
+        wall = time.perf_counter() - started
+        done.set()
+        for thread in threads:
+            thread.join(600)
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    return {"pollers": pollers, "rss_idle_mb": round(idle), "rss_peak_mb": round(peak[0]), "wall_s": round(wall, 1),
+            "answers": answers}
+
+
+def poll_test(args, env: dict) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else sd_shaped_model(Path(tmp))  # --model: reuse one (e.g. for another tree)
+        quiet = poll_run(model, env, 0, args.jobs, args.size, args.steps)
+        busy = poll_run(model, env, args.pollers, args.jobs, args.size, args.steps)
+    ratio = busy["rss_peak_mb"] / quiet["rss_peak_mb"]
+    polls = sum(v for k, v in busy["answers"].items() if k.startswith("progress"))
+    unanswered = {k: v for k, v in busy["answers"].items() if not k.endswith(" 200")}
+    print(json.dumps({"without_pollers": quiet, "with_pollers": busy, "peak_ratio": round(ratio, 3)}, indent=2))
+    print(f"""
+| {args.jobs} x {args.size}x{args.size}, {args.steps} steps, SD1-shaped random model | no pollers | {args.pollers} pollers |
+|---|---|---|
+| server peak RSS | {quiet['rss_peak_mb']} MB | {busy['rss_peak_mb']} MB ({ratio:.2f}x) |
+| wall time of the jobs | {quiet['wall_s']} s | {busy['wall_s']} s |
+| /progress answers | - | {polls} ({polls / max(busy['wall_s'], 1e-9):.0f}/s) |
+| answers that were not 200 | {sum(v for k, v in quiet['answers'].items() if not k.endswith(' 200'))} | {sum(unanswered.values())} |""")
+    ok = ratio <= 2 and not unanswered and busy["answers"].get("txt2img 200") == args.jobs
+    print("PASS" if ok else "FAIL", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -129,10 +230,16 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in the server and the single-call baseline (OMP_NUM_THREADS); default: torch's")
+    parser.add_argument("--poll-test", action="store_true", help="the /progress polling test instead (see above)")
+    parser.add_argument("--pollers", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    if args.poll_test:
+        return poll_test(args, env)
 
     import torch
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from noisecraft.pipeline import Pipeline
 from noisecraft.server.app import create_app
+from noisecraft.server.runner import config
 from noisecraft.server.catalog import Catalog, ModelEntry
 from noisecraft.server.context import ServerSettings
 from noisecraft.settings import Limits
@@ -103,14 +104,14 @@ def free_socket(host: str = "127.0.0.1") -> socket.socket:
 
 
 @contextmanager
-def running_server(pool: WorkerPool, settings: ServerSettings | None = None):
-    """Start `pool` and uvicorn on a free port in this process; yield the base URL; stop both."""
+def running_server(pool: WorkerPool, settings: ServerSettings | None = None, header_timeout: float = 10.0):
+    """Start `pool` and uvicorn (as `noisecraft serve` runs it) on a free port in this process; yield the base URL; stop both."""
     settings = settings or ServerSettings(limits=Limits())
     pool.start()
     app = create_app(pool, settings)
     sock = free_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(config(app, "warning", header_timeout=header_timeout, graceful_s=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -102,8 +102,8 @@ def test_cli_subject_option_and_info(indexed_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "subject 'rocket'" in result.stderr and parse_parameters(read_parameters(out))["Subject"] == "rocket"
     result = subprocess.run(run + ["generate", "a spaceship taking off", "--model", str(indexed_model), "--steps", "2",
-                                   "--seed", "2", "--subject", "off", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "Subject" not in parse_parameters(read_parameters(out))
+                                   "--seed", "2", "--subject", "off", "--out", str(tmp_path / "off.png")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Subject" not in parse_parameters(read_parameters(tmp_path / "off.png"))
     info = subprocess.run(run + ["info", str(indexed_model)], capture_output=True, text=True, timeout=300)
     assert "subjects:    4 (8 phrases)" in info.stdout
 

@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", default=None, metavar="KEY", help="require this key on every API call (or set NOISECRAFT_API_KEY)")
     srv.add_argument("--insecure", action="store_true", help="allow a non-local --host without an API key")
     srv.add_argument("--cors-origin", action="append", default=[], metavar="URL", help="allow browser pages from this origin (repeatable)")
+    srv.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                     help="also answer requests addressed to this host name (repeatable; localhost and --host always are)")
     srv.add_argument("--device", default="auto", help="auto, cpu, cuda, mps, or a comma list (one worker per device: cuda:0,cuda:1)")
     srv.add_argument("--queue-size", type=int, default=16, metavar="N", help="requests that may wait; more get HTTP 429 (default: 16)")
     srv.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default: 16)")
@@ -115,22 +117,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _output_paths(out: str, prompt: str, seeds: list[int]) -> list[Path]:
+def _check_out(out: str) -> Path:
+    """Where --out points (a .png file, or a folder), checked before any work: there, and writable."""
+    import tempfile
+
     target = Path(out).expanduser()
-    if target.suffix.lower() == ".png":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if len(seeds) == 1:
-            return [target]
-        return [target.with_name(f"{target.stem}-{k}.png") for k in range(len(seeds))]
-    if target.exists() and not target.is_dir():
+    png = target.suffix.lower() == ".png"
+    if not png and target.exists() and not target.is_dir():
         raise UserError(f"--out {out} is a file that is not a .png; give a .png name or a folder")
-    target.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "image"
+    folder = target.parent if png else target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"--out {out}: cannot write pictures there ({error.strerror or error}); choose another folder") from None
+    return target
+
+
+def _output_paths(target: Path, prompt: str, seeds: list[int]) -> list[Path]:
+    """One new file per picture: `target` (numbered -k for several), or slug-seed.png in the `target` folder;
+    a name already taken gets -1, -2, ... so nothing is overwritten."""
+    if target.suffix.lower() == ".png":
+        names = [target] if len(seeds) == 1 else [target.with_name(f"{target.stem}-{k}.png") for k in range(len(seeds))]
+    else:
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "image"
+        names = [target / f"{slug}-{seed}.png" for seed in seeds]
     paths = []
-    for seed in seeds:
-        path, n = target / f"{slug}-{seed}.png", 1
-        while path.exists():
-            path, n = target / f"{slug}-{seed}-{n}.png", n + 1
+    for name in names:
+        path, n = name, 1
+        while path.exists() or path in paths:
+            path, n = name.with_name(f"{name.stem}-{n}.png"), n + 1
         paths.append(path)
     return paths
 
@@ -143,8 +160,8 @@ def _sides(text: str) -> tuple[int, int, int, int]:
         sides = tuple(int(p) for p in parts)
     except ValueError:
         sides = ()
-    if len(sides) != 4 or min(sides) < 0 or max(sides) == 0:
-        raise UserError(f"--outpaint takes LEFT,TOP,RIGHT,BOTTOM pixels (or one number for all sides), not {text!r}")
+    if len(sides) != 4 or min(sides) < 0 or max(sides) == 0 or max(sides) > 4096:
+        raise UserError(f"--outpaint takes LEFT,TOP,RIGHT,BOTTOM pixels from 0 to 4096 (or one number for all sides), not {text!r}")
     return sides
 
 
@@ -159,6 +176,7 @@ def cmd_generate(args) -> int:
     from .settings import Request
 
     started = time.perf_counter()
+    target = _check_out(args.out)
     init = open_image(args.init_image, "--init-image") if args.init_image else None
     mask = open_image(args.mask, "--mask") if args.mask else None
     sides = _sides(args.outpaint) if args.outpaint else None
@@ -186,7 +204,7 @@ def cmd_generate(args) -> int:
     settings = pipe.resolve(Request(args.prompt, args.negative, args.steps, args.guidance, args.rescale, args.sampler,
                                     args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
                                     args.subject), init_image=init, mask_image=mask)
-    paths = _output_paths(args.out, settings.prompt, settings.seeds)
+    paths = _output_paths(target, settings.prompt, settings.seeds)
     images = pipe(settings, init_image=init, mask_image=mask)
     for image, path in zip(images, paths):
         save_png(image, path)
@@ -289,7 +307,8 @@ def cmd_serve(args) -> int:
     devices = [d.strip() for d in args.device.split(",") if d.strip()] or ["auto"]
     return serve(ServeOptions(models=args.model, host=args.host, port=args.port,
                               api_key=args.api_key or os.environ.get("NOISECRAFT_API_KEY") or None, insecure=args.insecure,
-                              cors_origins=args.cors_origin, devices=devices, queue_size=args.queue_size,
+                              cors_origins=args.cors_origin, allowed_hosts=args.allowed_host, devices=devices,
+                              queue_size=args.queue_size,
                               max_images=args.max_images, max_side=args.max_size))
 
 

@@ -26,3 +26,9 @@ def out_of_memory(count: int | None = None, width: int | None = None, height: in
     """The one sentence for a generation that ran out of memory (of `count` images of width x height, when known)."""
     what = f" making {count} image(s) of {width}x{height}" if count is not None else ""
     return OutOfMemory(f"out of memory{what}; lower the size, the number of images or the batch size")
+
+
+def shown(value, limit: int = 60) -> str:
+    """`value` as a message quotes it (repr), cut to `limit` characters: an error never echoes megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" + (")" if text.endswith(")") else "")

@@ -7,13 +7,18 @@ autoencoder takes).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+
+FORMATS = ("PNG", "JPEG", "WEBP")  # what noisecraft reads; Pillow's other formats (EPS, PSD, ...) stay closed
+MAX_PIXELS = 64 * 2**20  # pixels of a picture read from a file: an 8K photo fits, a decompression bomb does not
 
 
 def to_pil(pixels: torch.Tensor) -> Image.Image:
@@ -40,16 +45,33 @@ def mask_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     return (array >= 0.5).float()[None, None]
 
 
+def load_picture(file: str | Path | BinaryIO, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A PNG, JPEG or WebP picture from a path or a file object, decoded only after its size is checked
+    (a small file can claim a huge picture); anything else is a `UserError` naming `what`."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, against noisecraft's own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file, formats=FORMATS)
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise UserError(f"{what} is not a picture noisecraft can read (use PNG, JPEG or WebP)") from None
+    with image:
+        if image.width * image.height > max_pixels:
+            raise UserError(f"{what} is {image.width}x{image.height} pixels; noisecraft reads pictures of at most "
+                            f"{max_pixels:,} pixels")
+        try:
+            image.load()
+        except Exception:  # Pillow raises many kinds for a damaged file
+            raise UserError(f"{what} is a damaged picture noisecraft cannot read; save it again as PNG, JPEG or WebP") from None
+        picture = image.copy()
+    picture.info, picture.format = dict(image.info), image.format
+    return picture
+
+
 def open_image(path: str | Path, flag: str) -> Image.Image:
     """A picture the user named on the command line (`flag` names the option); a missing or unreadable file is one sentence."""
-    try:
-        with Image.open(Path(path).expanduser()) as image:
-            image.load()
-            return image.copy()
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError):
-        raise UserError(f"{flag} {path} is not a picture noisecraft can read (use PNG, JPEG or WebP)") from None
+    return load_picture(Path(path).expanduser(), f"{flag} {path}")
 
 
 def outpaint_canvas(image: Image.Image, sides: tuple[int, int, int, int], multiple: int = 8) -> tuple[Image.Image, Image.Image]:

@@ -66,7 +66,10 @@ def parse_parameters(text: str) -> dict:
     for key, value in _PAIR.findall(last):
         value = value.strip()
         if value.startswith('"'):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except ValueError:  # a quoted value with a broken escape (written by hand, or by another tool): kept as it is
+                pass
         result[key.strip()] = value
     return result
 

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import schedules
-from .errors import UserError
+from .errors import UserError, shown
 
 
 def _sigma_in(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -334,10 +334,10 @@ def resolve_sampler(name: str, scheduler: str | None = None) -> SamplerSpec:
     same sampler ("DPM++ 2M" + "karras" is dpmpp_2m_karras). Errors name the field at fault."""
     spec = _ALIASES.get(str(name).strip().lower())
     if spec is None:
-        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}", field="sampler")
+        raise UserError(f"unknown sampler {shown(name)}; choose one of: {', '.join(SAMPLERS)}", field="sampler")
     key = str(scheduler).strip().lower() if scheduler else "automatic"
     if key not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}", field="scheduler")
+        raise UserError(f"unknown scheduler {shown(scheduler)}; choose one of: {', '.join(SCHEDULERS)}", field="scheduler")
     if SCHEDULERS[key] and not spec.name.endswith(("_karras", "_exponential")):
         variant = SAMPLERS.get(spec.name + SCHEDULERS[key])
         if variant is None:

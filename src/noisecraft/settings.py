@@ -29,6 +29,7 @@ from .version import __version__
 
 MAX_SIDE = 4096  # pixels, whatever the model
 MAX_STEPS = 1000
+MAX_PROMPT_CHARS = 20_000  # a prompt or negative prompt; a server's `Limits` lower it
 DEFAULTS = {"steps": 20, "guidance_scale": 5.0, "sampler": "dpmpp_2m_karras"}  # when a model file names none
 
 
@@ -94,6 +95,7 @@ class Limits:
     max_steps: int = 150
     max_images: int = 16
     max_side: int | None = None  # None: 8x the model's native size, at most MAX_SIDE
+    max_prompt_chars: int = 2000
 
     def side(self, image_size: int) -> int:
         return self.max_side or min(MAX_SIDE, 8 * int(image_size or 512))
@@ -125,12 +127,14 @@ def resolve(request: Request, model: ModelTraits, limits: Limits | None = None,
         raise UserError("a mask needs the image it applies to (--init-image)", field="mask_image")
     if init_size is not None and not model.latent:
         raise UserError("img2img needs a latent model with an autoencoder; this pixel model has none", field="init_image")
-    if not isinstance(r.prompt, str):
-        raise UserError("the prompt must be text", field="prompt")
+    longest = limits.max_prompt_chars if limits else MAX_PROMPT_CHARS
+    _check_text(r.prompt, "the prompt", "prompt", longest)
     if model.conditional and not r.prompt.strip():
         raise UserError("the prompt is empty; describe the picture you want", field="prompt")
-    if r.negative_prompt is not None and not isinstance(r.negative_prompt, str):
-        raise UserError("the negative prompt must be text", field="negative_prompt")
+    if r.negative_prompt is not None:
+        _check_text(r.negative_prompt, "the negative prompt", "negative_prompt", longest)
+    if r.subject is not None:
+        _check_text(r.subject, "subject", "subject", longest)
     max_steps = min(MAX_STEPS, limits.max_steps) if limits else MAX_STEPS
     steps = defaults.get("steps", DEFAULTS["steps"]) if r.steps is None else r.steps
     if not _whole(steps) or not 1 <= steps <= max_steps:
@@ -191,6 +195,19 @@ def parameters_text(s: Settings, seed: int, *, model_name: str, model_hash: str 
         Lora=", ".join(f"{name}: {scale:g}" for name, scale, _ in loras) or None,
         Lora_hashes=", ".join(f"{name}: {short}" for name, _, short in loras) or None,
         Version=f"noisecraft {__version__}")
+
+
+def _check_text(text, what: str, field: str, longest: int) -> None:
+    """Text a tokenizer and a PNG can take: a str, not too long, encodable as UTF-8 (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be text", field=field)
+    if len(text) > longest:
+        raise UserError(f"{what} is {len(text)} characters long; at most {longest} are taken", field=field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(f"{what} holds something that is not text at character {error.start + 1} "
+                        "(invalid UTF-8 or a lone surrogate); type or paste it again", field=field) from None
 
 
 def _whole(value) -> bool:

@@ -138,6 +138,9 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
         text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
     else:
         text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
+    if text_encoder.dim != config.unet.context_dim:
+        raise ModelFileError(f"{source.file}'s text encoder gives {text_encoder.dim}-wide states but its UNet reads "
+                             f"{config.unet.context_dim}; the file mixes parts of different models")
     return Components(config, unet, autoencoder, text_encoder, ckpt.family, None, source)
 
 

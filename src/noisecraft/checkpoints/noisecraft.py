@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
+from ..text.subjects import SubjectIndex
 from .config import ModelConfig
 from .io import check_finite, read_safetensors_header, sniff, weights_file, write_safetensors
 
@@ -51,6 +52,9 @@ def read_model_file(file: Path, fmt: str, header: dict | None, device: str | tor
         part, _, key = name.partition(".")
         parts.setdefault(part, {})[key] = tensor
     check_finite(tensors, file)
+    expected = metadata.get("subjects_sha256")
+    if expected and ("subjects" not in parts or SubjectIndex.digest(parts["subjects"]) != expected):
+        raise ModelFileError(f"{file} has a damaged subject index (its checksum does not match); download or copy it again")
     return config, parts
 
 
@@ -73,4 +77,7 @@ def save_model_file(path: str | os.PathLike, config: ModelConfig, parts: dict[st
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
             tensors[f"{part}.{key}"] = tensor.contiguous()
-    return write_safetensors(path, tensors, {"format": FORMAT, "config": json.dumps(config.to_dict())})
+    metadata = {"format": FORMAT, "config": json.dumps(config.to_dict())}
+    if "subjects" in parts:
+        metadata["subjects_sha256"] = SubjectIndex.digest({k.partition(".")[2]: t for k, t in tensors.items() if k.startswith("subjects.")})
+    return write_safetensors(path, tensors, metadata)

@@ -95,6 +95,8 @@ def _folder_part(directory: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
     except (ValueError, UnicodeDecodeError):
         raise ModelFileError(f"{config_file} is not valid JSON; copy the folder again") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{config_file} is not a JSON object; copy the folder again")
     state, _ = read_tensors(file)
     check_finite(state, file)
     return state, config, file
@@ -113,7 +115,11 @@ def load_diffusers_folder(folder: Path, name: str, *, prediction: str | None = N
     family = family_of(unet)
     vae = vae_from_diffusers_layout(vae_d)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else {}
+    try:
+        scheduler = json.loads(scheduler_file.read_text(encoding="utf-8")) if scheduler_file.exists() else {}
+        scheduler = scheduler if isinstance(scheduler, dict) else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{scheduler_file} is not valid JSON; copy the folder again") from None
     declared = prediction or scheduler.get("prediction_type")
     vae_config = vae_config_of(vae, family)
     if vae_json.get("scaling_factor"):

@@ -147,8 +147,14 @@ def load_judge(path: str | Path) -> Judge:
     metadata = read_safetensors_header(path).get("__metadata__") or {}
     if metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a noisecraft judge (its metadata has no judge config)")
-    config = JudgeConfig(**json.loads(metadata["config"]))
-    judge = Judge(config, json.loads(metadata["classes"]))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    judge.load_state_dict(state)
+    from safetensors import SafetensorError
+
+    try:
+        config = JudgeConfig(**json.loads(metadata["config"]))
+        judge = Judge(config, json.loads(metadata["classes"]))
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        judge.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        raise ModelFileError(f"{path} is a damaged judge file ({first}); train it again with --train-judge") from None
     return judge.eval()

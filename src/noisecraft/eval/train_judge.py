@@ -58,8 +58,11 @@ def load_real_set(root: str | Path, size: int = 64) -> RealSet:
     """Read an emoji dataset folder (`noisecraft data emoji`): images with `name` and `style` per line."""
     meta = check_data_folder(root)
     root = meta.parent
-    rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not rows or any("name" not in r or "file_name" not in r for r in rows):
+    try:
+        rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{meta} is not JSON lines of UTF-8 text; build it again with `noisecraft data emoji`") from None
+    if not rows or any(not isinstance(r, dict) or "name" not in r or "file_name" not in r for r in rows):
         raise UserError(f"{meta} lines need 'file_name' and 'name' (the emoji's CLDR name); build it with `noisecraft data emoji`")
     plain = {r["name"] for r in rows if class_name(r["name"]) == r["name"]}
     names = [class_name(r["name"], plain) for r in rows]

@@ -73,6 +73,11 @@ class UNetConfig(JSONConfig):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
+            raise UserError(f"channel_mult must list one positive whole number per level, not {self.channel_mult!r}")
+        if not isinstance(self.model_channels, int) or self.model_channels < 1 or not isinstance(self.num_res_blocks, int) \
+                or self.num_res_blocks < 1:
+            raise UserError("model_channels and num_res_blocks must be whole numbers of at least 1")
         if isinstance(self.transformer_depth, tuple) and len(self.transformer_depth) != len(self.channel_mult):
             raise UserError(f"transformer_depth has {len(self.transformer_depth)} entries but channel_mult has "
                             f"{len(self.channel_mult)} levels; give one depth per level or a single number")

@@ -7,7 +7,8 @@
     schemas.py     A1111 request/response JSON and the `Request` it asks for; encoding.py base64 pictures
     errors.py      422s naming the A1111 field; context.py what the routes share
     catalog.py     the models a server offers, by name; preview.py the picture so far
-    security.py    the API key, the refusal to listen openly without one, security headers
+    security.py    Host, Origin, the API key and body limits before any route; security headers
+    runner.py      uvicorn with a deadline for request headers, and a Ctrl+C that answers 503
     static/        the web page (plain HTML, CSS and JavaScript; no build step)
 """
 
@@ -32,6 +33,7 @@ class ServeOptions:
     api_key: str | None = None
     insecure: bool = False
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=lambda: ["auto"])
     queue_size: int = 16
     max_images: int = 16
@@ -59,20 +61,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
-    import uvicorn
-
     from ..devices import pick_device
     from ..settings import Limits
     from .app import create_app
     from .catalog import Catalog
     from .context import ServerSettings
+    from .runner import Server, config
+    from .security import allowed_hosts
     from .worker import WorkerPool
 
     check_exposure(options.host, options.api_key, options.insecure)
     for device in options.devices:
         pick_device(device)
-    if options.max_images < 1:
-        raise UserError(f"--max-images must be at least 1, not {options.max_images}")
+    for flag, value in (("--max-images", options.max_images), ("--queue-size", options.queue_size),
+                        ("--max-size", 1 if options.max_side is None else options.max_side)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, not {value}")
     sock = bind(options.host, options.port)
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
@@ -83,13 +87,14 @@ def serve(options: ServeOptions) -> int:
         sock.close()
         raise
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
+                              allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
                               limits=Limits(max_images=options.max_images, max_side=options.max_side))
     app = create_app(pool, settings)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
     print(f"noisecraft: serving {catalog.default.title} at http://{shown}:{port}/ (A1111 API under /sdapi/v1, docs at /docs"
           f"{'; API key required' if settings.api_key else ''}). Ctrl+C stops.", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=3))
+    server = Server(config(app, options.log_level), on_exit=pool.begin_shutdown)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after a clean shutdown: the normal way to stop

@@ -11,9 +11,9 @@ from fastapi.staticfiles import StaticFiles
 
 from ..version import __version__
 from .context import Context, ServerSettings
-from .errors import install_handlers
+from .errors import JSONResponse, install_handlers
 from .routes import a1111, page, queue
-from .security import ApiKey, AuthMiddleware, SecurityHeaders, documented_auth
+from .security import ApiKey, Guard, SecurityHeaders, documented_auth
 from .worker import WorkerPool
 
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the page and the API's description
@@ -22,7 +22,7 @@ PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"
 def create_app(pool: WorkerPool, settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app for a started (or about to start) `pool`."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="noisecraft", version=__version__,
+    app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse,
                   description="Text-to-image generation with an AUTOMATIC1111-compatible API. The web page is at /.")
     app.state.context = Context(pool, settings)
     app.state.pool = pool
@@ -31,9 +31,10 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None) -> Fast
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
-    # Starlette runs the last-added middleware first: CORS (answers preflights), headers, then the key.
-    app.add_middleware(AuthMiddleware, key=ApiKey(settings.api_key), public=PUBLIC_PATHS,
-                       public_prefixes=("/static/",), max_body=settings.max_body)
+    # Starlette runs the last-added middleware first: CORS (answers preflights), headers, then the guard.
+    app.add_middleware(Guard, key=ApiKey(settings.api_key), public=PUBLIC_PATHS, public_prefixes=("/static/",),
+                       max_body=settings.max_body, hosts=settings.allowed_hosts, origins=tuple(settings.cors_origins),
+                       body_timeout=settings.body_timeout)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from ..settings import Limits
+from .preview import Previews
+from .security import LOCAL_NAMES
 from .worker import WorkerPool
 
 
@@ -14,15 +16,18 @@ from .worker import WorkerPool
 class ServerSettings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: tuple[str, ...] | None = LOCAL_NAMES  # Host names requests may give; None: any (`security.allowed_hosts`)
     limits: Limits = field(default_factory=Limits)
     disconnect_poll_s: float = 0.25
     max_body: int = 64 * 2**20
+    body_timeout: float = 30.0  # seconds for a request's whole body to arrive
 
 
 @dataclass
 class Context:
     pool: WorkerPool
     settings: ServerSettings
+    previews: Previews = field(default_factory=Previews)
 
 
 def context(request: Request) -> Context:

@@ -9,6 +9,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import UserError
+from ..images import load_picture
 from ..pngmeta import png_bytes
 from .errors import FieldError
 
@@ -31,15 +33,9 @@ def decode_image(text: Any, loc: tuple) -> Image.Image:
     except (binascii.Error, ValueError):
         raise FieldError(loc, f"{name} is not valid base64") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        if image.width * image.height > MAX_UPLOAD_PIXELS:
-            raise FieldError(loc, f"{name} is {image.width}x{image.height}; send at most {MAX_UPLOAD_PIXELS} pixels")
-        image.load()
-    except FieldError:
-        raise
-    except Exception:  # PIL raises many kinds for a file that is not a picture
-        raise FieldError(loc, f"{name} is base64 but not a picture noisecraft can read (PNG, JPEG or WebP)") from None
-    return image
+        return load_picture(io.BytesIO(raw), name, MAX_UPLOAD_PIXELS)
+    except UserError as error:
+        raise FieldError(loc, str(error)) from None
 
 
 def png_base64(image: Image.Image) -> str:

@@ -3,9 +3,11 @@ exception handlers that make every refusal one sentence (never a traceback, neve
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse as _StarletteJSON
 
 from ..errors import UserError
 
@@ -15,6 +17,14 @@ A1111_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps
                 "width": "width", "height": "height", "num_images": "batch_size", "batch_size": "batch_size",
                 "seed": "seed", "strength": "denoising_strength", "subject": "subject", "mask_image": "mask",
                 "init_image": "init_images"}
+
+
+class JSONResponse(_StarletteJSON):
+    """JSON with every non-ASCII character escaped: a lone surrogate from a client's string can
+    never make encoding the answer fail (the parsed JSON is the same)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class FieldError(UserError):
@@ -56,5 +66,6 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, error: RequestValidationError):
         # FastAPI's shape, without echoing the input back (it may be megabytes of base64)
-        detail = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in error.errors()]
+        detail = [{"type": e.get("type"), "loc": [str(part)[:100] for part in e.get("loc", ())], "msg": str(e.get("msg"))[:500]}
+                  for e in error.errors()]
         return JSONResponse({"detail": detail}, status_code=422)

@@ -8,15 +8,15 @@ import logging
 import time
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import UserError
 from . import schemas
 from .context import Context
 from .encoding import png_base64
-from .errors import FieldError, field_error, field_of, unprocessable
-from .jobs import Failure, Job, QueueFull
+from .errors import FieldError, JSONResponse, field_error, field_of, unprocessable
+from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown
 
 log = logging.getLogger("noisecraft.server")
 
@@ -37,6 +37,10 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
     job = Job(entry, request=schemas.to_request(req), init_image=init, mask_image=mask, limits=ctx.settings.limits)
     if req.force_task_id:
         job.id = req.force_task_id
+    exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())
+    echo = req.model_dump(exclude=exclude)  # the answer's parts that come from the request, made before any work
+    if pool.queue.full():
+        return answer(pool.queue.refusal())
     pipe = pool.loaded(entry)
     if pipe is not None:  # resolve now, before queueing; else the worker resolves against the model it loads
         try:
@@ -52,17 +56,20 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         log.info("%s: %s, %d step(s) of %s, %s in %.2f s", job.id[:12], job.describe(), s.steps, s.sampler.name,
                  job.status, time.monotonic() - started)
         images = await run_in_threadpool(lambda: [png_base64(i) for i in job.images]) if req.send_images else []
-        exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())
-        return {"images": images, "parameters": req.model_dump(exclude=exclude),
+        return {"images": images, "parameters": echo,
                 "info": schemas.info_json(s, job.pipe, job.images, interrupted=job.status == "interrupted")}
     finally:
         job.on_done(job.release)  # /queue remembers the job's status, not its pictures or its model
 
 
-def answer(failure: Failure | Response, n_iter: int = 1) -> Response:
-    """The HTTP answer to a job that did not succeed."""
+def answer(failure: Failure | Response | QueueFull | ShuttingDown, n_iter: int = 1) -> Response:
+    """The HTTP answer to a job that did not succeed (or was never queued)."""
     if isinstance(failure, Response):
         return failure
+    if isinstance(failure, QueueFull):
+        return JSONResponse({"detail": str(failure)}, status_code=429, headers={"Retry-After": str(failure.retry_after)})
+    if isinstance(failure, ShuttingDown):
+        return JSONResponse({"detail": str(failure)}, status_code=503, headers={"Retry-After": "10"})
     if failure.status == 422:
         return unprocessable(failure.loc or field_of(failure.field, n_iter) or ("body",), failure.message)
     return JSONResponse({"detail": failure.message}, status_code=failure.status)
@@ -73,16 +80,20 @@ async def submit_and_wait(ctx: Context, job: Job, request: Request) -> Failure |
     queue = ctx.pool.queue
     try:
         queue.submit(job)
-    except QueueFull as full:
-        return JSONResponse({"detail": str(full)}, status_code=429, headers={"Retry-After": str(full.retry_after)})
+    except (QueueFull, ShuttingDown) as refused:
+        return answer(refused)
     loop, event = asyncio.get_running_loop(), asyncio.Event()
     job.on_done(lambda: loop.call_soon_threadsafe(event.set))
-    while not event.is_set():
-        try:
-            await asyncio.wait_for(event.wait(), ctx.settings.disconnect_poll_s)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                queue.cancel(job, "the client disconnected")
-                log.info("%s: client disconnected; job dropped", job.id[:12])
-                return Response(status_code=499)
+    try:
+        while not event.is_set():
+            try:
+                await asyncio.wait_for(event.wait(), ctx.settings.disconnect_poll_s)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    queue.cancel(job, "the client disconnected")
+                    log.info("%s: client disconnected; job dropped", job.id[:12])
+                    return Response(status_code=499)
+    except asyncio.CancelledError:  # the server stops without waiting longer: nobody is left to answer
+        queue.cancel(job, SHUTTING_DOWN)
+        raise
     return job.failure

@@ -28,6 +28,14 @@ class Interrupted(Exception):
     """Raised from the sampling callback to stop a cancelled job (not a RuntimeError: Pipeline re-raises it)."""
 
 
+SHUTTING_DOWN = "the server is shutting down; send the request again when it is back"
+
+
+class ShuttingDown(Exception):
+    def __init__(self):
+        super().__init__(SHUTTING_DOWN)
+
+
 class QueueFull(Exception):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; try again in {retry_after} s")
@@ -135,8 +143,18 @@ class JobQueue:
         self._closed = False
 
     # -- producers (the web handlers) ------------------------------------------------------
+    def full(self) -> bool:
+        with self._cond:
+            return len(self._waiting) >= self.capacity
+
+    def refusal(self) -> Exception:
+        """What a request is told when it cannot queue now."""
+        return ShuttingDown() if self._closed else QueueFull(self.retry_after())
+
     def submit(self, job: Job) -> Job:
         with self._cond:
+            if self._closed:
+                raise ShuttingDown
             if job.id in self._recent and not self._recent[job.id].done:
                 raise FieldError("force_task_id", f"task id {job.id!r} is already queued or running; use a new one")
             if len(self._waiting) >= self.capacity:
@@ -209,7 +227,7 @@ class JobQueue:
             waiting, self._waiting = list(self._waiting), deque()
             self._cond.notify_all()
         for job in waiting:
-            job.finish("cancelled", Failure(503, "the server is shutting down"))
+            job.finish("cancelled", Failure(503, SHUTTING_DOWN))
 
     def _remember(self, job: Job) -> None:
         self._recent[job.id] = job

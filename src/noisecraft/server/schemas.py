@@ -12,12 +12,14 @@ import json
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..settings import Request, Settings
 from ..version import __version__
 
 TASK_ID = r"^[A-Za-z0-9_.\-()]{1,80}$"
+MAX_OVERRIDE_DEPTH = 4  # override_settings holds A1111 options: names to values, a list or a small dict at most
+MAX_OVERRIDE_ITEMS = 256
 
 
 class GenerationRequest(BaseModel):
@@ -44,6 +46,31 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = Field(False, description="ignored: the server never writes files")
     force_task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue")
+
+
+    @field_validator("override_settings")
+    @classmethod
+    def _override_settings_are_options(cls, value):
+        if value is not None:
+            depth, items = _shape(value)
+            if depth > MAX_OVERRIDE_DEPTH or items > MAX_OVERRIDE_ITEMS:
+                raise ValueError(f"override_settings holds A1111 options (names to values); this one is nested {depth} deep "
+                                 f"with {items} values (at most {MAX_OVERRIDE_DEPTH} and {MAX_OVERRIDE_ITEMS})")
+        return value
+
+
+def _shape(value) -> tuple[int, int]:
+    """(nesting depth, number of values) of a JSON value, without recursion."""
+    depth, items, stack = 0, 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        items += 1
+        depth = max(depth, level)
+        if items > MAX_OVERRIDE_ITEMS or depth > MAX_OVERRIDE_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack += [(child, level + 1) for child in children]
+    return depth, items
 
 
 class Img2ImgRequest(GenerationRequest):

@@ -21,7 +21,7 @@ from ..errors import OutOfMemory, UserError, out_of_memory
 from ..settings import Limits, Request
 from .catalog import Catalog, ModelEntry
 from .errors import FieldError
-from .jobs import Failure, Interrupted, Job, JobQueue
+from .jobs import SHUTTING_DOWN, Failure, Interrupted, Job, JobQueue
 
 log = logging.getLogger("noisecraft.server")
 
@@ -93,6 +93,10 @@ class Worker:
             job.finish("done")
             return
         except Interrupted:
+            if job.cancel_reason == SHUTTING_DOWN:  # Ctrl+C: the client is told to come back, not given half a job
+                job.images = []
+                job.finish("failed", Failure(503, SHUTTING_DOWN))
+                return
             job.images = images
             job.finish("interrupted")
             return
@@ -163,14 +167,20 @@ class WorkerPool:
         for worker in self.workers:
             worker.start()
 
-    def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Take no more jobs: waiting ones and the running ones (within a step) are answered 503."""
+        self.queue.close()
+        self.queue.interrupt_running(SHUTTING_DOWN)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the workers, waiting up to `timeout` s for each to finish its interrupted step (a thread still
+        inside PyTorch when the process exits would abort it)."""
         for worker in self.workers:
             worker.stop()
-        self.queue.close()
-        self.queue.interrupt_running("the server is shutting down")
+        self.begin_shutdown()
         for worker in self.workers:
             if worker.thread.is_alive():
-                worker.thread.join(timeout=5)
+                worker.thread.join(timeout=timeout)
         self._resolver.shutdown(wait=False, cancel_futures=True)
 
     def loaded(self, entry: ModelEntry):

@@ -20,11 +20,14 @@ the phrases), ``owner`` [K] (the subject of each phrase) and ``names`` (the subj
 one per line, as uint8).
 """
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ModelFileError
+
+MAX_PARTS = 16  # comma-separated parts of a prompt that are looked up (the first ones, each once)
 
 
 @torch.no_grad()
@@ -63,8 +66,8 @@ class SubjectIndex:
         although its style words outweigh "a pizza" in the sentence vector of the whole."""
         if prompt in self.names:  # "family: man, woman, girl" is a subject, not three
             return prompt
-        parts = [part.strip() for part in prompt.split(",") if part.strip()]
-        candidates = [prompt] + (parts if len(parts) > 1 else [])
+        parts = list(dict.fromkeys(part.strip() for part in prompt.split(",") if part.strip()))
+        candidates = [prompt] + (parts[:MAX_PARTS] if len(parts) > 1 else [])
         best = self._scores(encoder.encode(candidates).pooled).max(dim=0).values.argmax()
         return self.names[int(self.owner[best])]
 
@@ -78,8 +81,31 @@ class SubjectIndex:
 
     @classmethod
     def from_part(cls, part: dict[str, torch.Tensor]) -> "SubjectIndex":
-        names = part["names"].to(torch.uint8).numpy().tobytes().decode("utf-8").split("\n")
-        owner = part["owner"].long()
-        if part["vectors"].ndim != 2 or len(owner) != len(part["vectors"]) or not len(owner) or int(owner.max()) >= len(names):
-            raise ModelFileError("the model file's subject index is inconsistent (vectors, owners and names do not match); copy the file again")
-        return cls(names, part["vectors"].float(), owner)
+        """The index stored in a model file, checked: a damaged one is a `ModelFileError`, never a wrong subject."""
+        damaged = ModelFileError("the model file's subject index is damaged or inconsistent (its vectors, owners and names do not "
+                                 "fit together); copy the file again")
+        if set(part) != {"names", "owner", "vectors"}:
+            raise damaged
+        try:
+            names = part["names"].to(torch.uint8).numpy().tobytes().decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            raise damaged from None
+        owner, vectors = part["owner"].long(), part["vectors"].float()
+        if vectors.ndim != 2 or owner.ndim != 1 or len(owner) != len(vectors) or not len(owner):
+            raise damaged
+        if int(owner.min()) < 0 or int(owner.max()) >= len(names) or len(set(names)) != len(names) or not all(names):
+            raise damaged
+        # every subject is a phrase of its own, and every phrase vector is a unit vector (fp16 keeps ~1e-3)
+        if int(torch.bincount(owner, minlength=len(names)).min()) < 1 or ((vectors.norm(dim=1) - 1).abs() > 1e-2).any():
+            raise damaged
+        return cls(names, vectors, owner)
+
+    @staticmethod
+    def digest(part: dict[str, torch.Tensor]) -> str:
+        """sha256 of a stored index's tensors (names, dtypes, shapes, bytes), kept in the model file's metadata."""
+        hasher = hashlib.sha256()
+        for key in sorted(part):
+            tensor = part[key].detach().cpu().contiguous()
+            hasher.update(f"{key}:{tensor.dtype}:{list(tensor.shape)};".encode())
+            hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return hasher.hexdigest()

@@ -12,6 +12,7 @@ configs), ``[data]``, ``[train]`` and ``[sample]``. Paths are relative to the co
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,28 @@ def _section(cls, values: dict, where: str):
         value = getattr(section, f.name)
         if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UserError(f"{where}.{f.name} must be a number, not {value!r}")
+        if f.type == "int" and not isinstance(value, int):
+            raise UserError(f"{where}.{f.name} must be a whole number, not {value!r}")
+        if f.type == "float" and not math.isfinite(value):
+            raise UserError(f"{where}.{f.name} must be a finite number, not {value!r}")
     return section
+
+
+# (section, setting, test, what it must be): checked after the types, before any work
+RANGES = [
+    ("train", "lr", lambda v: v > 0, "above 0"), ("train", "warmup_steps", lambda v: v >= 0, "at least 0"),
+    ("train", "min_lr_ratio", lambda v: 0 <= v <= 1, "from 0 to 1"), ("train", "weight_decay", lambda v: v >= 0, "at least 0"),
+    ("train", "grad_clip", lambda v: v > 0, "above 0"), ("train", "ema_decay", lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    ("train", "log_every", lambda v: v >= 1, "at least 1"), ("train", "checkpoint_every", lambda v: v >= 1, "at least 1"),
+    ("train", "sample_every", lambda v: v >= 0, "at least 0"), ("train", "max_bad_steps", lambda v: v >= 1, "at least 1"),
+    ("train", "min_snr_gamma", lambda v: v >= 0, "at least 0"), ("train", "kl_weight", lambda v: v >= 0, "at least 0"),
+    ("train", "gan_weight", lambda v: v >= 0, "at least 0"), ("train", "gan_start", lambda v: v >= 0, "at least 0"),
+    ("train", "precision", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+    ("train", "betas", lambda v: len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v), "two numbers from 0 to below 1"),
+    ("model", "image_size", lambda v: 1 <= v <= 4096, "from 1 to 4096"), ("model", "channels", lambda v: v in (1, 3), "1 or 3"),
+    ("model", "beta_start", lambda v: 0 < v < 1, "above 0 and below 1"), ("model", "beta_end", lambda v: 0 < v < 1, "above 0 and below 1"),
+    ("sample", "steps", lambda v: 1 <= v <= 1000, "from 1 to 1000"), ("sample", "guidance_scale", lambda v: 0 <= v <= 100, "from 0 to 100"),
+]
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
@@ -142,6 +164,14 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
         raise UserError("a latent model needs model.vae_path, the trained autoencoder to work in")
     if config.train.steps < 1 or config.train.batch_size < 1:
         raise UserError("train.steps and train.batch_size must be at least 1")
+    for section, name, test, what in RANGES:
+        value = getattr(getattr(config, section), name)
+        try:
+            good = test(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise UserError(f"{section}.{name} must be {what}, not {value!r}")
     for name in ("caption_dropout", "token_dropout"):
         if not 0.0 <= getattr(config.data, name) < 1.0:
             raise UserError(f"data.{name} must be at least 0 and below 1, not {getattr(config.data, name)}")

@@ -41,24 +41,32 @@ class ImageCaptionSet:
 
 def _entries_from_jsonl(root: Path) -> list[tuple[Path, list[str]]]:
     entries = []
-    with open(root / "metadata.jsonl", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                texts = row.get("texts") or [row["text"]]
-                entries.append((root / row["file_name"], [str(t) for t in texts]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{root / 'metadata.jsonl'} line {number} is not a JSON object with 'file_name' and 'text'") from None
+    try:
+        lines = (root / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise UserError(f"{root / 'metadata.jsonl'} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts = row.get("texts") or [row["text"]]
+            entries.append((root / row["file_name"], [str(t) for t in texts]))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{root / 'metadata.jsonl'} line {number} is not a JSON object with 'file_name' and 'text'") from None
     return entries
 
 
-def _entries_from_sidecars(root: Path) -> list[tuple[Path, list[str]]]:
+def _entries_from_sidecars(root: Path, log=print) -> list[tuple[Path, list[str]]]:
+    """Each image with the caption in the .txt beside it; an image whose caption is not UTF-8 is left out, with a warning."""
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         caption = path.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.exists() else ""
+        try:
+            text = caption.read_text(encoding="utf-8").strip() if caption.exists() else ""
+        except UnicodeDecodeError:
+            log(f"skipped {path}: its caption {caption.name} is not UTF-8 text (save it as UTF-8 to train on it)")
+            continue
         entries.append((path, [text]))
     return entries
 
@@ -84,7 +92,7 @@ def load_image_folder(root: str | Path, size: int, channels: int = 3, log=print)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"the data folder {root} does not exist")
-    entries = _entries_from_jsonl(root) if (root / "metadata.jsonl").exists() else _entries_from_sidecars(root)
+    entries = _entries_from_jsonl(root) if (root / "metadata.jsonl").exists() else _entries_from_sidecars(root, log)
     if not entries:
         raise UserError(f"{root} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)")
     images, caption_ids, files, skipped = [], [], [], []

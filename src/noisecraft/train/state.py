@@ -38,15 +38,32 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
     write_safetensors(path, tensors, metadata)
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
-    """Restore modules, optimizers and RNG from `path`; returns the saved metadata."""
-    from safetensors.torch import load_file
-
+def checkpoint_meta(path: Path) -> dict:
+    """The step, counters and configs a checkpoint was saved with, read from its header alone."""
     if sniff(path) != "safetensors":
         raise ModelFileError(f"{path} is not a noisecraft training checkpoint; move it away or start with --no-resume")
-    header = read_safetensors_header(path)
-    metadata = header.get("__metadata__") or {}
-    tensors = load_file(str(path))
+    metadata = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        meta = json.loads(metadata["meta"])
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+            raise ValueError
+    except (KeyError, ValueError):
+        raise ModelFileError(f"{path} is not a noisecraft training checkpoint (its metadata is missing or damaged); "
+                             "move it away or start with --no-resume") from None
+    return meta
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+    """Restore modules, optimizers and RNG from `path`; returns the saved metadata."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta = checkpoint_meta(path)
+    metadata = read_safetensors_header(path).get("__metadata__") or {}
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as error:
+        raise ModelFileError(f"{path} is a damaged checkpoint ({error}); move it away or start with --no-resume") from None
     parts: dict[str, dict] = {}
     for key, tensor in tensors.items():
         part, _, rest = key.partition(".")
@@ -54,16 +71,21 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
     missing = [name for name in [*modules, *optimizers] if name not in parts and f"{name}_groups" not in metadata]
     if missing:
         raise ModelFileError(f"{path} has no saved {missing[0]}; it was written for a different training setup (use --no-resume)")
-    for name, module in modules.items():
-        module.load_state_dict(parts[name])
-    for name, optimizer in optimizers.items():
-        device = next(p for group in optimizer.param_groups for p in group["params"]).device
-        state: dict[int, dict] = {}
-        for key, value in parts.get(name, {}).items():
-            index, _, field = key.partition(".")
-            state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
-        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata[f"{name}_groups"])})
-    torch.set_rng_state(parts["rng"]["torch"])
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(parts[name])
+        for name, optimizer in optimizers.items():
+            device = next(p for group in optimizer.param_groups for p in group["params"]).device
+            state: dict[int, dict] = {}
+            for key, value in parts.get(name, {}).items():
+                index, _, field = key.partition(".")
+                state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
+            optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata[f"{name}_groups"])})
+        torch.set_rng_state(parts["rng"]["torch"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise ModelFileError(f"{path} does not fit this training setup ({first}); choose another train.out or "
+                             "start with --no-resume") from None
     if "cuda" in parts["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(parts["rng"]["cuda"])
-    return json.loads(metadata["meta"])
+    return meta

@@ -34,7 +34,7 @@ from .cache import TextCache, cached_latents, cached_text
 from .config import TrainConfig
 from .data import batch_indices, load_image_folder
 from .losses import denoising_loss, hinge_discriminator_loss, min_snr_weights, training_sigmas, vae_loss
-from .state import CHECKPOINT, load_checkpoint, save_checkpoint
+from .state import CHECKPOINT, checkpoint_meta, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -96,10 +96,11 @@ class Trainer:
         self.step, self.bad_steps, self.bad_in_row, self.last_loss = 0, 0, 0, float("nan")
         checkpoint = self.out / CHECKPOINT
         if resume and checkpoint.exists():
+            if checkpoint_meta(checkpoint).get("model_config") != self.model_config.to_dict():  # before any tensor is read
+                raise UserError(f"{checkpoint} belongs to a different model (the config changed since it was saved); "
+                                "choose another train.out or pass --no-resume")
             meta = load_checkpoint(checkpoint, self.modules(), self.optimizers())
-            if meta["model_config"] != self.model_config.to_dict():
-                raise UserError(f"{checkpoint} belongs to a different model; choose another train.out or pass --no-resume")
-            self.step, self.bad_steps = meta["step"], meta["bad_steps"]
+            self.step, self.bad_steps = meta["step"], meta.get("bad_steps", 0)
             self.log(f"resumed from {checkpoint} at step {self.step}")
         elif config.train.init_from:
             self._init_from(config.resolve(config.train.init_from))

@@ -14,7 +14,6 @@ from ..encoding import decode_image
 from ..errors import FieldError
 from ..generation import answer, generate, submit_and_wait, unknown_model
 from ..jobs import Job
-from ..preview import preview
 from ..schemas import GenerationRequest, ImageResponse, Img2ImgRequest, OptionsUpdate, PngInfoRequest
 
 router = APIRouter(tags=["A1111"])
@@ -53,7 +52,7 @@ async def progress(skip_current_image: bool = False, ctx: Context = Depends(cont
              "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
     image = None
     if job is not None and not skip_current_image:
-        image = await run_in_threadpool(preview, job)
+        image = await run_in_threadpool(ctx.previews.get, job)
     return {"progress": job.fraction if job else 0.0, "eta_relative": eta(job), "state": state, "current_image": image,
             "textinfo": None}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 
 from ..context import Context, context
+from ..errors import JSONResponse
 from .a1111 import eta
 
 router = APIRouter(tags=["queue"])

@@ -13,19 +13,14 @@ connection, or a traceback in a body.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from helpers import serving  # noqa: E402
 from test_fuzz import fuzz  # noqa: E402  (the suite's fuzz pass, run longer here)
 
 
@@ -40,29 +35,10 @@ def main() -> int:
             from helpers import tiny_model_file
 
             model = str(tiny_model_file(Path(tmp) / "tiny.safetensors"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", "--model", model, "--port", str(port),
-                                   "--device", "cpu", "--max-images", "2", "--max-size", "32", "--queue-size", "4"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    httpx.get(url + "/queue", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("the server did not start")
-                    time.sleep(0.2)
+        with serving("--model", model, "--device", "cpu", "--max-images", "2", "--max-size", "32", "--queue-size", "4") as (url, _):
             started = time.perf_counter()
             counts, failures = fuzz(url, args.examples)
             wall = time.perf_counter() - started
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(60)
     total = sum(counts.values())
     print("| operation | answers by status |\n|---|---|")
     for label in sorted({label for label, _ in counts}):

@@ -31,11 +31,7 @@ from PIL import Image, PngImagePlugin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from helpers import free_port, wait_for_server  # noqa: E402
 
 
 MEMORY_CAP = 12 * 2**30  # the server's address space: a server that runs away fails alone, not the machine
@@ -52,15 +48,7 @@ class Serve:
         self.process = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", "--port", str(self.port),
                                          "--device", "cpu", *map(str, args)], env=env, preexec_fn=_cap_memory,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(self.url + "/queue", timeout=2)
-                return
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("server did not start: " + self.process.stderr.read().decode()[-500:])
-                time.sleep(0.2)
+        wait_for_server(self.url, self.process)
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.process.pid}/status") as handle:

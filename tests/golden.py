@@ -21,10 +21,8 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import tiny_model_file  # noqa: E402
+from helpers import serving, tiny_model_file  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
 MAX_PIXEL_DIFFERENCE = 2  # of 255
@@ -67,12 +65,6 @@ def png_record(data: bytes, name: str, pictures: dict) -> dict:
     for digest, label in HASHES.items():
         parameters = parameters.replace(digest, label) if parameters else parameters
     return {"png": name, "size": list(image.size), "mode": image.mode, "parameters": parameters}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def record(tmp: Path) -> tuple[dict, dict[str, Image.Image]]:
@@ -125,20 +117,7 @@ def record(tmp: Path) -> tuple[dict, dict[str, Image.Image]]:
 def record_http(tmp: Path, pixel: Path, latent: Path, pictures: dict) -> dict:
     import httpx
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", "--model", pixel, "--model", latent.parent,
-                               "--port", str(port), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/queue", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start: " + server.stderr.read().decode()[-2000:])
-                time.sleep(0.2)
+    with serving("--model", pixel, "--model", latent.parent, "--device", "cpu") as (url, _):
         answers: dict[str, object] = {}
 
         def ask(key: str, method: str, path: str, body=None):
@@ -179,9 +158,6 @@ def record_http(tmp: Path, pixel: Path, latent: Path, pictures: dict) -> dict:
         ask("options-set", "POST", "/sdapi/v1/options", {"sd_model_checkpoint": "latent"})
         ask("GET /sdapi/v1/options after", "GET", "/sdapi/v1/options")
         return answers
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def _png_bytes(image: Image.Image) -> bytes:

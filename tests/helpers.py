@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -67,3 +72,43 @@ def tiny_model_file(path: Path, *, kind: str = "pixel", text: bool = True, seed:
                          defaults={"steps": 4, "guidance_scale": 3.0, "sampler": "euler"})
     parts = {"unet": unet.state_dict()} | ({"vae": vae.state_dict()} if vae else {})
     return save_model_file(path, config, parts)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `noisecraft serve` at `url` answers (a RuntimeError with its last words if it dies or takes too long)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url + "/queue", timeout=2)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the server did not start: " + (process.stderr.read().decode()[-2000:] if process.stderr else ""))
+            time.sleep(0.2)
+
+
+@contextmanager
+def serving(*args, env=None, **popen):
+    """`noisecraft serve ARGS --port P` as a child process; yields (url, process) once it answers, then stops it."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", *map(str, args), "--port", str(port)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_server(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()

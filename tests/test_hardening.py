@@ -32,8 +32,8 @@ from noisecraft.server.security import allowed_hosts, check_exposure
 from noisecraft.text.minilm import load_text_encoder
 from noisecraft.text.subjects import SubjectIndex
 
-from helpers import color_dataset, tiny_model_file
-from server_fixtures import Controlled, cached_pipeline, entry_for, free_socket, make_pool, model_file, running_server
+from helpers import color_dataset, serving, tiny_model_file
+from server_fixtures import Controlled, cached_pipeline, entry_for, make_pool, model_file, running_server
 
 PHRASES = {"palm tree, plant, beach": "palm tree", "rocket, space, launch": "rocket", "red apple, fruit": "red apple"}
 
@@ -399,21 +399,7 @@ def test_half_open_connections_are_closed(text_model):
 
 
 def test_ctrl_c_answers_the_running_request_with_503(text_model):
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    server = subprocess.Popen([sys.executable, "-m", "noisecraft.cli", "serve", "--model", str(text_model), "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(url + "/queue", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and server.poll() is None
-                time.sleep(0.2)
+    with serving("--model", text_model, "--device", "cpu") as (url, server):
         box = {}
         request = threading.Thread(target=lambda: box.setdefault("r", httpx.post(url + "/sdapi/v1/txt2img", timeout=60, json={
             "prompt": "a long one", "steps": 150, "width": 64, "height": 64, "batch_size": 4})))
@@ -425,9 +411,6 @@ def test_ctrl_c_answers_the_running_request_with_503(text_model):
         assert box["r"].status_code == 503 and "shutting down" in box["r"].json()["detail"]
         assert server.wait(30) == 0
         assert "Traceback" not in server.stderr.read().decode()
-    finally:
-        if server.poll() is None:
-            server.kill()
 
 
 def test_a_checkpoint_whose_text_encoder_does_not_fit_its_unet_is_refused_at_load(tmp_path):

@@ -83,3 +83,61 @@ def test_basic_auth_as_a1111_clients_send_it(root):
         with pytest.raises(RuntimeError) as refused:
             webuiapi.WebUIApi(host="127.0.0.1", port=port).txt2img(prompt="", width=16, height=16, steps=2)
         assert refused.value.args[0] == 401 and KEY not in refused.value.args[1]
+
+
+@pytest.fixture(scope="module")
+def latent_server(root):
+    path = model_file(root, "latent", text=False)
+    pipe = cached_pipeline(path)
+    with running_server(make_pool({entry_for(path): pipe})) as url:
+        yield webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1])), pipe
+
+
+def test_hires_fix_draws_upscales_and_redraws(latent_server):
+    from noisecraft.settings import Request
+    from noisecraft.upscale import upscale
+
+    api, pipe = latent_server
+    result = api.txt2img(prompt="", seed=7, width=16, height=16, steps=3, sampler_name="Euler", enable_hr=True,
+                         hr_scale=2, hr_upscaler=webuiapi.HiResUpscaler.Lanczos, hr_second_pass_steps=4,
+                         denoising_strength=0.4, batch_size=2)
+    assert [image.size for image in result.images] == [(32, 32), (32, 32)]
+    # the same as drawing the first pass and upscaling it with noisecraft.upscale, image by image
+    first = pipe("", seed=8, width=16, height=16, steps=3, sampler="Euler")[0]
+    expected, _ = upscale(pipe, first, 2, Request("", seed=8, steps=4, sampler="Euler"), strength=0.4)
+    assert np.array_equal(np.asarray(result.images[1]), np.asarray(expected))
+    assert "Upscale: 2x tiled img2img" in result.images[1].info["parameters"]
+    assert "Denoising strength: 0.4" in result.images[1].info["parameters"]
+
+
+def test_hires_fix_default_latent_upscaler_and_target_size(latent_server):
+    api, _ = latent_server
+    result = api.txt2img(prompt="", seed=1, width=16, height=16, steps=2, enable_hr=True, hr_resize_x=48, hr_resize_y=32)
+    assert result.images[0].size == (48, 48)  # A1111: the larger ratio wins (48/16 = 3)
+
+
+def test_upscalers_and_extras(latent_server):
+    api, _ = latent_server
+    names = [u["name"] for u in api.get_upscalers()]
+    assert names[:3] == ["None", "Lanczos", "Nearest"]
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (10, 14, 3), dtype=np.uint8))
+    result = api.extra_single_image(picture, upscaler_1="Lanczos", upscaling_resize=3)
+    assert result.image.size == (42, 30)
+    assert np.array_equal(np.asarray(result.image), np.asarray(picture.resize((42, 30), Image.LANCZOS)))
+    sized = api.extra_single_image(picture, resize_mode=1, upscaling_resize_w=20, upscaling_resize_h=20,
+                                   upscaler_1="Nearest", upscaling_crop=True)
+    assert sized.image.size == (20, 20)
+
+
+def test_unknown_upscaler_is_a_422_naming_it(latent_server):
+    import requests
+
+    api, _ = latent_server
+    answer = requests.post(f"{api.baseurl}/txt2img", json={"prompt": "", "width": 16, "height": 16, "steps": 2,
+                                                           "enable_hr": True, "hr_upscaler": "4x-Nothing"})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "hr_upscaler"]
+    assert "unknown upscaler '4x-Nothing'" in answer.json()["detail"][0]["msg"]
+    big = requests.post(f"{api.baseurl}/txt2img", json={"prompt": "", "width": 16, "height": 16, "enable_hr": True,
+                                                        "hr_scale": 20})
+    assert big.status_code == 422 and big.json()["detail"][0]["loc"] == ["body", "hr_scale"]

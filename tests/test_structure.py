@@ -23,7 +23,8 @@ FLOORS = {
     "noisecraft.models": 2, "noisecraft.text": 2,
     "noisecraft.checkpoints": 3,
     "noisecraft.settings": 4, "noisecraft.pipeline": 4,
-    "noisecraft.train": 5, "noisecraft.datasets": 5,
+    "noisecraft.train": 5, "noisecraft.datasets": 5, "noisecraft.upscale": 5, "noisecraft.studio": 5,
+    "noisecraft.gallery": 5,
     "noisecraft.eval": 6,
     "noisecraft.cli": 7, "noisecraft.server": 7,
     "noisecraft": 8,  # the package itself: its __init__ is the top

@@ -186,15 +186,16 @@ def resolve(request: Request, model: ModelTraits, limits: Limits | None = None,
 
 
 def parameters_text(s: Settings, seed: int, *, model_name: str, model_hash: str = "",
-                    loras: list[tuple[str, float, str]] = ()) -> str:
-    """The A1111 ``parameters`` text of image `seed` of `s` (`pngmeta` writes it into the PNG)."""
+                    loras: list[tuple[str, float, str]] = (), extra: dict | None = None) -> str:
+    """The A1111 ``parameters`` text of image `seed` of `s` (`pngmeta` writes it into the PNG); `extra`
+    adds fields before Version (label -> value, spaces as underscores as in `format_parameters`)."""
     return format_parameters(
         s.prompt, s.negative_prompt, Steps=s.steps, Sampler=s.sampler.a1111_name, CFG_scale=s.guidance_scale,
         Seed=seed, Size=f"{s.width}x{s.height}", Model_hash=model_hash or None, Model=model_name,
         Denoising_strength=s.strength, CFG_Rescale_phi=s.guidance_rescale or None, Subject=s.subject,
         Lora=", ".join(f"{name}: {scale:g}" for name, scale, _ in loras) or None,
         Lora_hashes=", ".join(f"{name}: {short}" for name, _, short in loras) or None,
-        Version=f"noisecraft {__version__}")
+        **{key.replace(" ", "_"): value for key, value in (extra or {}).items()}, Version=f"noisecraft {__version__}")
 
 
 def _check_text(text, what: str, field: str, longest: int) -> None:

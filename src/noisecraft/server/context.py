@@ -21,6 +21,7 @@ class ServerSettings:
     disconnect_poll_s: float = 0.25
     max_body: int = 64 * 2**20
     body_timeout: float = 30.0  # seconds for a request's whole body to arrive
+    upscalers: dict = field(default_factory=dict)  # name -> a loaded upscaler file (`--upscaler`)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from . import schemas
 from .context import Context
 from .encoding import png_base64
 from .errors import FieldError, JSONResponse, field_error, field_of, unprocessable
-from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown
+from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown, Upscale
 
 log = logging.getLogger("noisecraft.server")
 
@@ -25,8 +25,9 @@ def unknown_model(name: str, catalog) -> str:
     return f"unknown model {name!r}; choose one of: {', '.join(e.title for e in catalog.entries)}"
 
 
-async def generate(ctx: Context, request: Request, req: schemas.GenerationRequest, init=None, mask=None):
-    """Answer a txt2img/img2img request with A1111's response JSON (or a refusal)."""
+async def generate(ctx: Context, request: Request, req: schemas.GenerationRequest, init=None, mask=None,
+                   upscale: Upscale | None = None):
+    """Answer a txt2img/img2img request with A1111's response JSON (or a refusal); `upscale`: a second pass."""
     pool = ctx.pool
     entry = pool.current
     wanted = (req.override_settings or {}).get("sd_model_checkpoint")
@@ -34,7 +35,8 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         entry = pool.catalog.find(wanted)
         if entry is None:
             raise FieldError(("override_settings", "sd_model_checkpoint"), unknown_model(wanted, pool.catalog))
-    job = Job(entry, request=schemas.to_request(req), init_image=init, mask_image=mask, limits=ctx.settings.limits)
+    job = Job(entry, request=schemas.to_request(req), init_image=init, mask_image=mask, limits=ctx.settings.limits,
+              upscale=upscale)
     if req.force_task_id:
         job.id = req.force_task_id
     exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())

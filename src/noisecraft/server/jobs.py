@@ -50,10 +50,22 @@ class Failure:
     field: str | None = None  # or the `Request` field at fault (a `UserError` from `resolve`)
 
 
+@dataclass(frozen=True)
+class Upscale:
+    """A second pass over each picture (A1111's hires fix, the studio's U): `scale` times larger by
+    `upscaler`, then redrawn tile by tile at `strength` with `steps` (None: the first pass's); `noisecraft.upscale`."""
+
+    scale: float
+    strength: float
+    upscaler: object = "Lanczos"  # a resampler's name or a loaded upscaler file
+    steps: int | None = None
+
+
 @dataclass(eq=False)
 class Job:
     """One request's work. `kind` "generate" draws `settings` (resolved from `request` by the worker
-    when the model was not loaded to resolve against); "load" only makes `model` current."""
+    when the model was not loaded to resolve against), then applies `upscale` to each picture if set;
+    "upscale" applies `upscale` to `init_image` with `request`'s prompt; "load" only makes `model` current."""
 
     model: ModelEntry
     kind: str = "generate"
@@ -62,6 +74,7 @@ class Job:
     init_image: Any = None
     mask_image: Any = None
     limits: Limits | None = None
+    upscale: Upscale | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = "queued"  # queued, running, done, interrupted, failed, cancelled
     created: float = field(default_factory=time.monotonic)

@@ -46,6 +46,13 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = Field(False, description="ignored: the server never writes files")
     force_task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue")
+    enable_hr: bool = Field(False, description="hires fix: draw, upscale by hr_scale, redraw at denoising_strength")
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = Field(None, description="a name from /sdapi/v1/upscalers; Latent modes are done as Lanczos")
+    hr_second_pass_steps: int = Field(0, description="0: as many as the first pass")
+    hr_resize_x: int = Field(0, description="hires target width (instead of hr_scale)")
+    hr_resize_y: int = 0
+    denoising_strength: float | None = Field(None, description="img2img strength; txt2img: the hires fix's (0.7)")
 
 
     @field_validator("override_settings")
@@ -95,6 +102,22 @@ class OptionsUpdate(BaseModel):
 
 class PngInfoRequest(BaseModel):
     image: str
+
+
+class ExtrasRequest(BaseModel):
+    """A1111's extra-single-image: pixels only (no diffusion), by `upscaling_resize` or to a size."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    image: str
+    resize_mode: int = Field(0, description="0: by upscaling_resize; 1: to upscaling_resize_w x _h")
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str | None = "None"
+    upscaler_2: str | None = "None"
+    extras_upscaler_2_visibility: float = 0.0
 
 
 def to_request(req: GenerationRequest) -> Request:

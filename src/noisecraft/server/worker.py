@@ -9,6 +9,7 @@ model in one separate thread (`WorkerPool.resolve`), never on the web server's e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,6 +87,12 @@ class Worker:
             if job.kind == "load":
                 job.finish("done")
                 return
+            if job.kind == "upscale":
+                job.chunks = 1
+                images.append(self._upscaled(job, pipe, job.init_image, job.request, 0))
+                job.images = images
+                job.finish("done")
+                return
             if job.settings is None:  # the model was not loaded when the request came: resolve against it now
                 job.settings = pipe.resolve(job.request, init_image=job.init_image, mask_image=job.mask_image, limits=job.limits)
             self._draw(job, pipe, images)
@@ -131,10 +138,25 @@ class Worker:
                 raise Interrupted
             job.chunk = index
             part = s.part(start, min(s.batch_size, s.num_images - start))
-            images += pipe(part, init_image=job.init_image, mask_image=job.mask_image,
-                           callback=lambda step, total, x0, i=index: self._on_step(job, i, step, total, x0))
+            drawn = pipe(part, init_image=job.init_image, mask_image=job.mask_image,
+                         callback=lambda step, total, x0, i=index: self._on_step(job, i, step, total, x0))
+            if job.upscale is not None:  # the second pass, picture by picture, each with its own seed
+                drawn = [self._upscaled(job, pipe, image, dataclasses.replace(job.request, seed=seed), index)
+                         for image, seed in zip(drawn, part.seeds)]
+            images += drawn
             job.images = list(images)
             job.fraction = (index + 1) / len(starts)
+
+    def _upscaled(self, job: Job, pipe, image, request: Request, chunk: int):
+        """`image` through `job.upscale` (its prompt, sampler and seed from `request`)."""
+        from ..upscale import upscale
+
+        up = job.upscale
+        request = dataclasses.replace(request, steps=up.steps or request.steps, num_images=1)
+        picture, how = upscale(pipe, image, up.scale, request, strength=up.strength, upscaler=up.upscaler,
+                               limits=job.limits, callback=lambda step, total, x0: self._on_step(job, chunk, step, total, x0))
+        picture.info["upscaled"] = how
+        return picture
 
     def _on_step(self, job: Job, chunk: int, step: int, total: int, x0) -> None:
         job.step, job.steps = step, total

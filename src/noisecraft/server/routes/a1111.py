@@ -7,22 +7,46 @@ import time
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from PIL import Image
+
 from ...pngmeta import parse_parameters
+from ...upscale import MAX_SCALE, enlarge, upscaler_name
 from ...samplers import SAMPLERS, SCHEDULERS
 from ..context import Context, context
-from ..encoding import decode_image
+from .. import upscalers
+from ..encoding import decode_image, png_base64
 from ..errors import FieldError
 from ..generation import answer, generate, submit_and_wait, unknown_model
-from ..jobs import Job
-from ..schemas import GenerationRequest, ImageResponse, Img2ImgRequest, OptionsUpdate, PngInfoRequest
+from ..jobs import Job, Upscale
+from ..schemas import ExtrasRequest, GenerationRequest, ImageResponse, Img2ImgRequest, OptionsUpdate, PngInfoRequest
 
 router = APIRouter(tags=["A1111"])
+MAX_EXTRAS_SIDE = 8192
 
 
 @router.post("/sdapi/v1/txt2img", response_model=ImageResponse)
 async def txt2img(request: Request, req: GenerationRequest = Body(...), ctx: Context = Depends(context)):
-    """Pictures from a prompt; A1111's request and response JSON."""
-    return await generate(ctx, request, req)
+    """Pictures from a prompt; A1111's request and response JSON. `enable_hr`: the hires fix (each picture
+    upscaled by `hr_scale` or to `hr_resize_x` x `hr_resize_y`, then redrawn tile by tile at `denoising_strength`)."""
+    return await generate(ctx, request, req, upscale=hires(req, ctx) if req.enable_hr else None)
+
+
+def hires(req: GenerationRequest, ctx: Context) -> Upscale:
+    """The second pass a txt2img request's hires-fix fields ask for."""
+    scale = req.hr_scale
+    if req.hr_resize_x or req.hr_resize_y:  # A1111: a target size instead of a factor (the larger ratio wins)
+        if not req.width and not req.height:
+            raise FieldError("hr_resize_x", "hr_resize_x/hr_resize_y need width and height for the first pass")
+        scale = max(req.hr_resize_x / (req.width or req.height), req.hr_resize_y / (req.height or req.width))
+    if not 1 <= scale <= MAX_SCALE:
+        raise FieldError("hr_scale", f"hr_scale must be from 1 to {MAX_SCALE}, not {scale:g}")
+    strength = 0.7 if req.denoising_strength is None else req.denoising_strength
+    if not 0 <= strength <= 1:
+        raise FieldError("denoising_strength", f"denoising_strength must be from 0 to 1, not {strength:g}")
+    if not 0 <= req.hr_second_pass_steps <= ctx.settings.limits.max_steps:
+        raise FieldError("hr_second_pass_steps", f"hr_second_pass_steps must be from 0 to {ctx.settings.limits.max_steps}")
+    return Upscale(scale, strength, upscalers.pick(req.hr_upscaler, ctx.settings.upscalers, "hr_upscaler"),
+                   req.hr_second_pass_steps or None)
 
 
 @router.post("/sdapi/v1/img2img", response_model=ImageResponse)
@@ -39,6 +63,53 @@ async def img2img(request: Request, req: Img2ImgRequest = Body(...), ctx: Contex
 
             mask = ImageOps.invert(mask.convert("L"))
     return await generate(ctx, request, req, init, mask)
+
+
+@router.get("/sdapi/v1/upscalers")
+async def upscaler_list(ctx: Context = Depends(context)):
+    """The upscalers hires fix and extras take: None, the resamplers, and the server's upscaler files."""
+    return upscalers.listing(ctx.settings.upscalers)
+
+
+@router.get("/sdapi/v1/latent-upscale-modes")
+async def latent_modes():
+    return [{"name": name} for name in upscalers.LATENT_MODES]
+
+
+@router.post("/sdapi/v1/extra-single-image")
+async def extra_single_image(req: ExtrasRequest = Body(...), ctx: Context = Depends(context)):
+    """A1111's Extras tab: a picture enlarged by a resampler or an upscaler file (pixels only, no model)."""
+    image = await run_in_threadpool(decode_image, req.image, ("image",))
+    first = upscalers.pick(req.upscaler_1, ctx.settings.upscalers, "upscaler_1")
+    if req.resize_mode == 1:
+        width, height = req.upscaling_resize_w, req.upscaling_resize_h
+    else:
+        if not 1 <= req.upscaling_resize <= MAX_SCALE:
+            raise FieldError("upscaling_resize", f"upscaling_resize must be from 1 to {MAX_SCALE}, not {req.upscaling_resize:g}")
+        width, height = round(image.width * req.upscaling_resize), round(image.height * req.upscaling_resize)
+    if not (1 <= width <= MAX_EXTRAS_SIDE and 1 <= height <= MAX_EXTRAS_SIDE):
+        raise FieldError("upscaling_resize", f"the result would be {width}x{height}; each side must be from 1 to {MAX_EXTRAS_SIDE}")
+
+    def work():
+        big = fit(image, width, height, first, crop=req.resize_mode == 1 and req.upscaling_crop)
+        if req.upscaler_2 not in (None, "None") and req.extras_upscaler_2_visibility > 0:
+            second = upscalers.pick(req.upscaler_2, ctx.settings.upscalers, "upscaler_2")
+            other = fit(image, width, height, second, crop=req.resize_mode == 1 and req.upscaling_crop)
+            big = Image.blend(big, other, min(1.0, req.extras_upscaler_2_visibility))
+        return png_base64(big)
+
+    return {"html_info": f"<p>{upscaler_name(first)} to {width}x{height}</p>", "image": await run_in_threadpool(work)}
+
+
+def fit(image, width: int, height: int, upscaler, crop: bool):
+    """`image` enlarged to width x height; with `crop`, enlarged to cover it and cut to it (A1111's crop)."""
+    if not crop:
+        return enlarge(image, width, height, upscaler)
+    ratio = max(width / image.width, height / image.height)
+    w, h = max(width, round(image.width * ratio)), max(height, round(image.height * ratio))
+    big = enlarge(image, w, h, upscaler)
+    left, top = (w - width) // 2, (h - height) // 2
+    return big.crop((left, top, left + width, top + height))
 
 
 @router.get("/sdapi/v1/progress")

@@ -1,5 +1,12 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# `noisecraft serve` and `generate --gallery` keep pictures in the user's data folder: never the real one in tests
+# (child processes inherit this).
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="noisecraft-test-data-")
 
 # The suite's models are tiny: on a busy 2-core machine one thread is many times faster than two
 # (thread hand-offs dominate kernels of microseconds).

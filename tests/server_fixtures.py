@@ -104,11 +104,11 @@ def free_socket(host: str = "127.0.0.1") -> socket.socket:
 
 
 @contextmanager
-def running_server(pool: WorkerPool, settings: ServerSettings | None = None, header_timeout: float = 10.0):
+def running_server(pool: WorkerPool, settings: ServerSettings | None = None, header_timeout: float = 10.0, gallery=None):
     """Start `pool` and uvicorn (as `noisecraft serve` runs it) on a free port in this process; yield the base URL; stop both."""
     settings = settings or ServerSettings(limits=Limits())
     pool.start()
-    app = create_app(pool, settings)
+    app = create_app(pool, settings, gallery)
     sock = free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(config(app, "warning", header_timeout=header_timeout, graceful_s=1))

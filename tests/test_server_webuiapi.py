@@ -106,8 +106,8 @@ def test_hires_fix_draws_upscales_and_redraws(latent_server):
     first = pipe("", seed=8, width=16, height=16, steps=3, sampler="Euler")[0]
     expected, _ = upscale(pipe, first, 2, Request("", seed=8, steps=4, sampler="Euler"), strength=0.4)
     assert np.array_equal(np.asarray(result.images[1]), np.asarray(expected))
-    assert "Upscale: 2x tiled img2img" in result.images[1].info["parameters"]
-    assert "Denoising strength: 0.4" in result.images[1].info["parameters"]
+    assert 'Upscale: "2x Lanczos, tiled img2img at 0.4 (4 of 4 tiles, seed 8)"' in result.images[1].info["parameters"]
+    assert "Size: 32x32" in result.images[1].info["parameters"]
 
 
 def test_hires_fix_default_latent_upscaler_and_target_size(latent_server):

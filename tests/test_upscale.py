@@ -77,7 +77,7 @@ def test_same_request_same_picture_with_parameters(pipe):
     assert first.size == (48, 32) and np.array_equal(np.asarray(first), np.asarray(again))
     assert "redrawn at strength 0.3" in how
     text = first.info["parameters"]
-    assert "Size: 48x32" in text and "Upscale: 2x tiled img2img" in text and "Denoising strength: 0.3" in text
+    assert "Size: 48x32" in text and 'Upscale: "2x Lanczos, tiled img2img at 0.3 (6 of 6 tiles, seed 3)"' in text
     plain = np.asarray(enlarge(textured(), 48, 32), dtype=float)
     assert np.abs(np.asarray(first, dtype=float) - plain).mean() > 1  # the model redrew it
 

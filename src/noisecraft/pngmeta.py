@@ -74,6 +74,16 @@ def parse_parameters(text: str) -> dict:
     return result
 
 
+def amend_parameters(text: str, **fields) -> str:
+    """A1111 parameters text with `fields` set (labels as in `format_parameters`; Version stays last)."""
+    values = parse_parameters(text)
+    prompt, negative = values.pop("prompt"), values.pop("negative_prompt")
+    version = values.pop("Version", None)
+    values |= {key.replace("_", " "): value for key, value in fields.items()}
+    values["Version"] = version
+    return format_parameters(prompt, negative, **{key.replace(" ", "_"): value for key, value in values.items()})
+
+
 def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
     """`image` as PNG bytes with its `parameters` chunk (default ``image.info["parameters"]``, which
     `Pipeline` sets on every image): exactly what `save_png` writes."""
@@ -108,3 +118,21 @@ def read_parameters(path: str | os.PathLike) -> str | None:
     """The `parameters` text stored in a PNG, or None."""
     with Image.open(path) as image:
         return image.info.get("parameters")
+
+
+USER_COMMENT, EXIF_IFD = 0x9286, 0x8769
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def image_bytes(image: Image.Image, format: str = "png", quality: int | None = None) -> bytes:
+    """The picture as PNG (with its `parameters` chunk), JPEG or WebP (`quality` 0-100; the parameters
+    in EXIF's UserComment, UTF-16 as A1111 writes them)."""
+    if format == "png":
+        return png_bytes(image)
+    text = image.info.get("parameters")
+    exif = Image.Exif()
+    if text:
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, FORMATS[format], quality=100 if quality is None else quality, exif=exif)
+    return buffer.getvalue()

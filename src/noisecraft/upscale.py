@@ -20,6 +20,7 @@ from PIL import Image
 
 from .errors import UserError
 from .pipeline import Pipeline
+from .pngmeta import amend_parameters
 from .settings import Limits, Request, parameters_text
 
 RESAMPLERS = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}  # pixel upscalers, A1111's names
@@ -92,7 +93,9 @@ def upscale(pipe: Pipeline, image: Image.Image, scale: float, request: Request, 
     big = enlarge(image, width, height, upscaler)
     name = upscaler_name(upscaler)
     if strength == 0 or pipe.vae is None:
-        big.info["parameters"] = image.info.get("parameters", "")
+        if image.info.get("parameters"):
+            big.info["parameters"] = amend_parameters(image.info["parameters"], Size=f"{width}x{height}",
+                                                      Upscale=f"{scale:g}x {name}")
         return big, f"{name} to {width}x{height}" + (" (this model cannot redraw a picture)" if strength else "")
     native = pipe.config.image_size
     overlap = overlap if overlap is not None else max(factor, native // 8 // factor * factor)
@@ -118,7 +121,11 @@ def upscale(pipe: Pipeline, image: Image.Image, scale: float, request: Request, 
     picture = Image.fromarray(np.clip(np.round(total / weight), 0, 255).astype(np.uint8))
     how = (f"{name} to {width}x{height}, then {redrawn} of {len(xs) * len(ys)} tiles of {tile_w}x{tile_h} "
            f"(overlap {overlap}) redrawn at strength {strength:g}" + (" (the others are plain)" if redrawn < len(xs) * len(ys) else ""))
-    whole = dataclasses.replace(s, width=width, height=height)
-    picture.info["parameters"] = parameters_text(whole, s.seed, model_name=pipe.name, model_hash=pipe.hash, loras=pipe.loras,
-                                                 extra={"Upscale": f"{scale:g}x tiled img2img ({redrawn} of {len(xs) * len(ys)} tiles)"})
+    done = f"{scale:g}x {name}, tiled img2img at {strength:g} ({redrawn} of {len(xs) * len(ys)} tiles, seed {s.seed})"
+    if "Steps:" in image.info.get("parameters", ""):  # a picture noisecraft made: how it was made, and then upscaled
+        picture.info["parameters"] = amend_parameters(image.info["parameters"], Size=f"{width}x{height}", Upscale=done)
+    else:
+        whole = dataclasses.replace(s, width=width, height=height)
+        picture.info["parameters"] = parameters_text(whole, s.seed, model_name=pipe.name, model_hash=pipe.hash,
+                                                     loras=pipe.loras, extra={"Upscale": done})
     return picture, how

@@ -12,27 +12,28 @@ from fastapi.staticfiles import StaticFiles
 from ..version import __version__
 from .context import Context, ServerSettings
 from .errors import JSONResponse, install_handlers
-from .routes import a1111, page, queue
+from .routes import a1111, openai, page, queue
 from .security import ApiKey, Guard, SecurityHeaders, documented_auth
 from .worker import WorkerPool
 
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the page and the API's description
 
 
-def create_app(pool: WorkerPool, settings: ServerSettings | None = None) -> FastAPI:
-    """The ASGI app for a started (or about to start) `pool`."""
+def create_app(pool: WorkerPool, settings: ServerSettings | None = None, gallery=None) -> FastAPI:
+    """The ASGI app for a started (or about to start) `pool`; every picture made goes into `gallery` (if any)."""
     settings = settings or ServerSettings()
     app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse,
-                  description="Text-to-image generation with an AUTOMATIC1111-compatible API. The web page is at /.")
-    app.state.context = Context(pool, settings)
+                  description="Text-to-image generation with AUTOMATIC1111- and OpenAI-compatible APIs. The web page is at /.")
+    app.state.context = Context(pool, settings, gallery=gallery)
     app.state.pool = pool
     install_handlers(app)
-    for router in (a1111.router, queue.router, page.api):
+    openai.install(app)
+    for router in (a1111.router, openai.router, queue.router, page.api):
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     # Starlette runs the last-added middleware first: CORS (answers preflights), headers, then the guard.
-    app.add_middleware(Guard, key=ApiKey(settings.api_key), public=PUBLIC_PATHS, public_prefixes=("/static/",),
+    app.add_middleware(Guard, key=ApiKey(settings.api_key), public=PUBLIC_PATHS, public_prefixes=("/static/", "/v1/images/files/"),
                        max_body=settings.max_body, hosts=settings.allowed_hosts, origins=tuple(settings.cors_origins),
                        body_timeout=settings.body_timeout)
     app.add_middleware(SecurityHeaders)

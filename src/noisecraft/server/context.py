@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -29,6 +31,8 @@ class Context:
     pool: WorkerPool
     settings: ServerSettings
     previews: Previews = field(default_factory=Previews)
+    gallery: Any = None  # a `noisecraft.gallery.Gallery`, or None: pictures are not kept
+    url_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # signs /v1/images/files URLs
 
 
 def context(request: Request) -> Context:

@@ -58,6 +58,17 @@ def unprocessable(loc, message: str) -> JSONResponse:
     return JSONResponse({"detail": [{"type": "value_error", "loc": loc, "msg": message}]}, status_code=422)
 
 
+OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                413: "invalid_request_error", 429: "requests", 500: "server_error", 503: "server_error", 507: "server_error"}
+OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error body, which its clients turn into their usual exceptions."""
+    return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "invalid_request_error"), "param": param,
+                      "code": code or OPENAI_CODES.get(status)}}
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(FieldError)
     async def field_error_handler(request: Request, error: FieldError):
@@ -68,4 +79,8 @@ def install_handlers(app: FastAPI) -> None:
         # FastAPI's shape, without echoing the input back (it may be megabytes of base64)
         detail = [{"type": e.get("type"), "loc": [str(part)[:100] for part in e.get("loc", ())], "msg": str(e.get("msg"))[:500]}
                   for e in error.errors()]
+        if request.url.path.startswith("/v1/"):  # OpenAI's API: its shape and status
+            first = detail[0] if detail else {"loc": [], "msg": "the request is not valid"}
+            param = ".".join(first["loc"][1:]) or None
+            return JSONResponse(openai_error(400, f"{param or 'the request'}: {first['msg']}", param), status_code=400)
         return JSONResponse({"detail": detail}, status_code=422)

@@ -16,6 +16,7 @@ from . import schemas
 from .context import Context
 from .encoding import png_base64
 from .errors import FieldError, JSONResponse, field_error, field_of, unprocessable
+from .library import remember
 from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown, Upscale
 
 log = logging.getLogger("noisecraft.server")
@@ -41,27 +42,36 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         job.id = req.force_task_id
     exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())
     echo = req.model_dump(exclude=exclude)  # the answer's parts that come from the request, made before any work
-    if pool.queue.full():
-        return answer(pool.queue.refusal())
-    pipe = pool.loaded(entry)
-    if pipe is not None:  # resolve now, before queueing; else the worker resolves against the model it loads
-        try:
-            job.settings = await asyncio.wrap_future(pool.resolve(pipe, job.request, init, mask, job.limits))
-        except UserError as error:
-            raise field_error(error, req.n_iter) from None
     started = time.monotonic()
     try:
-        failure = await submit_and_wait(ctx, job, request)
+        try:
+            failure = await draw(ctx, job, request)
+        except UserError as error:
+            raise field_error(error, req.n_iter) from None
         if failure is not None:
             return answer(failure, req.n_iter)
         s = job.settings
         log.info("%s: %s, %d step(s) of %s, %s in %.2f s", job.id[:12], job.describe(), s.steps, s.sampler.name,
                  job.status, time.monotonic() - started)
+        await remember(ctx, job, job.images, source="a1111", operation="img2img" if init is not None else "generate",
+                       strength=s.strength)
         images = await run_in_threadpool(lambda: [png_base64(i) for i in job.images]) if req.send_images else []
         return {"images": images, "parameters": echo,
                 "info": schemas.info_json(s, job.pipe, job.images, interrupted=job.status == "interrupted")}
     finally:
         job.on_done(job.release)  # /queue remembers the job's status, not its pictures or its model
+
+
+async def draw(ctx: Context, job: Job, request: Request) -> Failure | Response | QueueFull | ShuttingDown | None:
+    """Resolve `job` (now, when its model is loaded; raises `UserError`), queue it and wait for it:
+    None when it succeeded, else why not (a router turns that into its own answer)."""
+    pool = ctx.pool
+    if pool.queue.full():
+        return pool.queue.refusal()
+    pipe = pool.loaded(job.model)
+    if pipe is not None and job.kind == "generate":  # else the worker resolves against the model it loads
+        job.settings = await asyncio.wrap_future(pool.resolve(pipe, job.request, job.init_image, job.mask_image, job.limits))
+    return await submit_and_wait(ctx, job, request)
 
 
 def answer(failure: Failure | Response | QueueFull | ShuttingDown, n_iter: int = 1) -> Response:

@@ -31,6 +31,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPBasic, HTTPBearer
 
 from ..errors import UserError
+from .errors import openai_error
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
@@ -143,23 +144,23 @@ class Guard:
         for name, value in scope.get("headers", []):
             headers.setdefault(name.lower(), value)
         host = headers.get(b"host", b"").decode("latin-1")
+        path = scope.get("path", "")
         if self.hosts is not None and _host_name(host) not in self.hosts:
-            return await _json(send, 421, "this server does not answer to that host name; open it as "
+            return await _json(send, path, 421, "this server does not answer to that host name; open it as "
                                           "http://127.0.0.1 or http://localhost, or start it with --allowed-host NAME")
         origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/").lower()
         if scope.get("method") in STATE_CHANGING and origin and not self._same_site(origin, host):
-            return await _json(send, 403, "requests from other web sites are refused; use the page this server serves, "
+            return await _json(send, path, 403, "requests from other web sites are refused; use the page this server serves, "
                                           "or start it with --cors-origin for that site")
-        path = scope.get("path", "")
         if self.key.required and path not in self.public and not path.startswith(self.prefixes):
             if not self.key.matches(headers.get(b"authorization")):
-                return await _json(send, 401, "this server needs its API key: send 'Authorization: Bearer KEY' "
+                return await _json(send, path, 401, "this server needs its API key: send 'Authorization: Bearer KEY' "
                                               "(or Basic auth with the key as password)",
                                    [(b"www-authenticate", b'Bearer realm="noisecraft"')])
         length = headers.get(b"content-length", b"").decode("latin-1")
         if length.isdigit() and int(length) > self.max_body:
-            return await _json(send, 413, f"the request body is larger than {self.max_body // 2**20} MB")
-        body = await self._read_body(receive, send)
+            return await _json(send, path, 413, f"the request body is larger than {self.max_body // 2**20} MB")
+        body = await self._read_body(receive, send, path)
         if body is None:
             return
         await self.app(scope, _replay(body, receive), send)
@@ -167,7 +168,7 @@ class Guard:
     def _same_site(self, origin: str, host: str) -> bool:
         return origin in self.origins or urlsplit(origin).netloc == host.lower()
 
-    async def _read_body(self, receive, send) -> list[dict] | None:
+    async def _read_body(self, receive, send, path: str) -> list[dict] | None:
         """The request's body messages, at most `max_body` bytes within `body_timeout` s; None when refused."""
         messages, size = [], 0
         loop = asyncio.get_running_loop()
@@ -176,13 +177,13 @@ class Guard:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                await _json(send, 408, f"the request body did not arrive within {self.body_timeout:g} s")
+                await _json(send, path, 408, f"the request body did not arrive within {self.body_timeout:g} s")
                 return None
             if message["type"] != "http.request":
                 return [message]  # the client left: the app sees it go
             size += len(message.get("body", b""))
             if size > self.max_body:
-                await _json(send, 413, f"the request body is larger than {self.max_body // 2**20} MB")
+                await _json(send, path, 413, f"the request body is larger than {self.max_body // 2**20} MB")
                 return None
             messages.append(message)
             if not message.get("more_body"):
@@ -207,8 +208,9 @@ def _replay(messages: list[dict], receive):
     return replayed
 
 
-async def _json(send, status: int, message: str, extra: list | None = None) -> None:
-    body = json.dumps({"detail": message}).encode()
+async def _json(send, path: str, status: int, message: str, extra: list | None = None) -> None:
+    shaped = openai_error(status, message) if path.startswith("/v1/") else {"detail": message}  # OpenAI's clients read theirs
+    body = json.dumps(shaped).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})

@@ -12,23 +12,23 @@ from fastapi.staticfiles import StaticFiles
 from ..version import __version__
 from .context import Context, ServerSettings
 from .errors import JSONResponse, install_handlers
-from .routes import a1111, openai, page, queue
+from .routes import a1111, gallery, openai, page, queue, studio
 from .security import ApiKey, Guard, SecurityHeaders, documented_auth
 from .worker import WorkerPool
 
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the page and the API's description
 
 
-def create_app(pool: WorkerPool, settings: ServerSettings | None = None, gallery=None) -> FastAPI:
-    """The ASGI app for a started (or about to start) `pool`; every picture made goes into `gallery` (if any)."""
+def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library=None) -> FastAPI:
+    """The ASGI app for a started (or about to start) `pool`; every picture made goes into `library` (a `noisecraft.gallery.Gallery`, if any)."""
     settings = settings or ServerSettings()
     app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse,
                   description="Text-to-image generation with AUTOMATIC1111- and OpenAI-compatible APIs. The web page is at /.")
-    app.state.context = Context(pool, settings, gallery=gallery)
+    app.state.context = Context(pool, settings, gallery=library)
     app.state.pool = pool
     install_handlers(app)
     openai.install(app)
-    for router in (a1111.router, openai.router, queue.router, page.api):
+    for router in (a1111.router, openai.router, studio.router, gallery.router, queue.router, page.api):
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
@@ -40,6 +40,6 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None, gallery
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
     return app

@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
     gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")
+    gen.add_argument("--gallery", default=None, metavar="DIR", help="also keep the pictures in the gallery in DIR (as `serve --gallery`)")
+
+    up = commands.add_parser("upscale", help="make a picture larger, redrawing detail with the model",
+                             description="Enlarge a picture (Lanczos or an ESRGAN-family file), then redraw it tile by tile at low strength.")
+    up.add_argument("image", help="the picture (PNG, JPEG or WebP)")
+    up.add_argument("--scale", type=float, default=2.0, help="how many times larger (default 2)")
+    up.add_argument("--strength", type=float, default=None, help="how much the model redraws, 0..1 (default 0.25; 0: pixels only)")
+    up.add_argument("--prompt", default=None, help="what the picture shows (default: the prompt stored in it)")
+    up.add_argument("--upscaler", default="Lanczos", metavar="NAME|FILE", help="Lanczos, Nearest, or an ESRGAN-family .pth/.safetensors file")
+    up.add_argument("--model", default=None, help="the model that redraws (default: the built-in model)")
+    up.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    up.add_argument("--seed", type=int, default=None, help="tile k is drawn with seed + k (default: random)")
+    up.add_argument("--out", default=".", help="output .png file, or a folder")
+    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     train = commands.add_parser("train", help="train a model from a TOML config", description="Train a VAE or a pixel/latent UNet.")
     train.add_argument("config", help="training config (.toml); see configs/")
@@ -114,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--queue-size", type=int, default=16, metavar="N", help="requests that may wait; more get HTTP 429 (default: 16)")
     srv.add_argument("--max-images", type=int, default=16, metavar="N", help="most images per request (default: 16)")
     srv.add_argument("--max-size", type=int, default=None, metavar="PIXELS", help="largest width/height (default: 8x the model's size)")
+    srv.add_argument("--gallery", default=None, metavar="DIR", help="keep every picture in the gallery in DIR (default: your data folder)")
+    srv.add_argument("--gallery-db", default=None, metavar="URL", help="the gallery's database (default: SQLite in DIR; "
+                                                                       "postgresql+psycopg://... for a shared one)")
+    srv.add_argument("--no-gallery", action="store_true", help="keep no pictures (the studio then works on this session's only)")
+    srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
     return parser
 
 
@@ -205,13 +224,59 @@ def cmd_generate(args) -> int:
                                     args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
                                     args.subject), init_image=init, mask_image=mask)
     paths = _output_paths(target, settings.prompt, settings.seeds)
+    library = _gallery(args.gallery) if args.gallery else None
     images = pipe(settings, init_image=init, mask_image=mask)
     for image, path in zip(images, paths):
         save_png(image, path)
         print(path)
+    if library is not None:
+        from .gallery.pictures import add_picture
+
+        request = Request(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale,
+                          settings.guidance_rescale, settings.sampler.name, None, settings.width, settings.height,
+                          settings.seed, 1, 1, settings.strength, args.subject)
+        for image in images:
+            add_picture(library, image, request, model=pipe.name, source="cli",
+                        operation="img2img" if init is not None else "generate", strength=settings.strength)
+        library.close()
     print(f"{len(images)} image(s), {settings.width}x{settings.height}, {settings.steps} steps of {settings.sampler.name}, "
           f"seed {settings.seed}" + (f", subject {settings.subject!r}" if settings.subject else "") +
           f", in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _gallery(folder: str | None, url: str | None = None):
+    from .gallery import Gallery, default_folder
+
+    library = Gallery(folder or default_folder(), url)
+    if not library.report.clean:
+        print(f"noisecraft: gallery check: {library.report}", file=sys.stderr)
+    return library
+
+
+def cmd_upscale(args) -> int:
+    from .checkpoints.upscaler import load_upscaler
+    from .images import open_image
+    from .pipeline import Pipeline
+    from .pngmeta import parse_parameters, save_png
+    from .settings import Request
+    from .upscale import RESAMPLERS, SUBTLE, upscale
+
+    target = _check_out(args.out)
+    image = open_image(args.image, "the picture")
+    upscaler = args.upscaler if args.upscaler in RESAMPLERS else load_upscaler(args.upscaler, device="cpu")
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    stored = parse_parameters(image.info["parameters"]) if image.info.get("parameters") else {}
+    prompt = args.prompt if args.prompt is not None else stored.get("prompt", "")
+    request = Request(prompt, stored.get("negative_prompt", "") if args.prompt is None else "", steps=args.steps, seed=args.seed)
+    picture, how = upscale(pipe, image, args.scale, request, strength=SUBTLE if args.strength is None else args.strength,
+                           upscaler=upscaler)
+    stem = Path(args.image).stem
+    path = target if target.suffix.lower() == ".png" else target / f"{stem}-{args.scale:g}x.png"
+    path = _output_paths(path, stem, [0])[0]
+    save_png(picture, path)
+    print(path)
+    print(f"{how}", file=sys.stderr)
     return 0
 
 
@@ -309,10 +374,11 @@ def cmd_serve(args) -> int:
                               api_key=args.api_key or os.environ.get("NOISECRAFT_API_KEY") or None, insecure=args.insecure,
                               cors_origins=args.cors_origin, allowed_hosts=args.allowed_host, devices=devices,
                               queue_size=args.queue_size,
-                              max_images=args.max_images, max_side=args.max_size))
+                              max_images=args.max_images, max_side=args.max_size, gallery=args.gallery,
+                              gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler))
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "info": cmd_info, "samplers": cmd_samplers, "data": cmd_data,
+COMMANDS = {"generate": cmd_generate, "upscale": cmd_upscale, "train": cmd_train, "info": cmd_info, "samplers": cmd_samplers, "data": cmd_data,
             "eval": cmd_eval, "serve": cmd_serve}
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class ServeOptions:
     max_images: int = 16
     max_side: int | None = None
     log_level: str = "info"
+    gallery: str | None = None  # folder; None: the user's data folder
+    gallery_db: str | None = None  # database URL; None: SQLite in the folder
+    no_gallery: bool = False
+    upscalers: list[str] = field(default_factory=list)  # ESRGAN-family files
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -59,6 +64,27 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _gallery(folder: str | None, url: str | None):
+    from ..gallery import Gallery, default_folder
+
+    library = Gallery(folder or default_folder(), url)
+    if not library.report.clean:
+        print(f"noisecraft: gallery check: {library.report}", file=sys.stderr, flush=True)
+    return library
+
+
+def _upscalers(paths: list[str]) -> dict:
+    """The --upscaler files, loaded (and so checked) before the server starts, by name."""
+    from ..checkpoints.upscaler import load_upscaler
+
+    files = {}
+    for path in paths:
+        up = load_upscaler(path, device="cpu")
+        up.filename = os.path.basename(path)
+        files[up.name] = up
+    return files
+
+
 def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
     from ..devices import pick_device
@@ -77,10 +103,14 @@ def serve(options: ServeOptions) -> int:
                         ("--max-size", 1 if options.max_side is None else options.max_side)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, not {value}")
+    if options.no_gallery and (options.gallery or options.gallery_db):
+        raise UserError("--no-gallery keeps no pictures; leave out --gallery and --gallery-db")
+    upscalers = _upscalers(options.upscalers)
     sock = bind(options.host, options.port)
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
         catalog = Catalog.from_paths(options.models)
+        library = None if options.no_gallery else _gallery(options.gallery, options.gallery_db)
         pool = WorkerPool(catalog, options.devices, options.queue_size)
         pool.start()
     except BaseException:
@@ -88,12 +118,14 @@ def serve(options: ServeOptions) -> int:
         raise
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
                               allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
-                              limits=Limits(max_images=options.max_images, max_side=options.max_side))
-    app = create_app(pool, settings)
+                              limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers)
+    app = create_app(pool, settings, library)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host
-    print(f"noisecraft: serving {catalog.default.title} at http://{shown}:{port}/ (A1111 API under /sdapi/v1, docs at /docs"
-          f"{'; API key required' if settings.api_key else ''}). Ctrl+C stops.", file=sys.stderr, flush=True)
+    print(f"noisecraft: serving {catalog.default.title} at http://{shown}:{port}/ (A1111 API under /sdapi/v1, OpenAI's under /v1, "
+          f"docs at /docs{'; API key required' if settings.api_key else ''}). Ctrl+C stops.", file=sys.stderr, flush=True)
+    print(f"noisecraft: gallery: {library.folder} ({library.report.items} pictures)" if library else
+          "noisecraft: no gallery: pictures are not kept", file=sys.stderr, flush=True)
     server = Server(config(app, options.log_level), on_exit=pool.begin_shutdown)
     try:
         server.run(sockets=[sock])
@@ -102,5 +134,7 @@ def serve(options: ServeOptions) -> int:
     finally:
         pool.stop()
         sock.close()
+        if library is not None:
+            library.close()
     print("noisecraft: stopped", file=sys.stderr)
     return 0

@@ -20,7 +20,8 @@ from ..encoding import decode_image
 from ..errors import FieldError
 from ..generation import answer, draw
 from ..jobs import Job, Upscale
-from ..library import remember, request_of
+from ...gallery.pictures import request_of
+from ..library import remember
 from .gallery import NO_GALLERY, missing, shown
 
 router = APIRouter(prefix="/studio", tags=["studio"])

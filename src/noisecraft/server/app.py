@@ -12,17 +12,18 @@ from fastapi.staticfiles import StaticFiles
 from ..version import __version__
 from .context import Context, ServerSettings
 from .errors import JSONResponse, install_handlers
-from .routes import a1111, gallery, openai, page, queue, studio
+from .routes import a1111, docs, gallery, openai, page, queue, studio
 from .security import ApiKey, Guard, SecurityHeaders, documented_auth
 from .worker import WorkerPool
 
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the page and the API's description
+PUBLIC_PREFIXES = ("/static/", f"{docs.ASSETS}/", "/v1/images/files/")  # the page's files, the docs' files, signed picture links
 
 
 def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library=None) -> FastAPI:
     """The ASGI app for a started (or about to start) `pool`; every picture made goes into `library` (a `noisecraft.gallery.Gallery`, if any)."""
     settings = settings or ServerSettings()
-    app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse,
+    app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse, docs_url=None, redoc_url=None,
                   description="Text-to-image generation with AUTOMATIC1111- and OpenAI-compatible APIs. The web page is at /.")
     app.state.context = Context(pool, settings, gallery=library)
     app.state.pool = pool
@@ -31,9 +32,10 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library
     for router in (a1111.router, openai.router, studio.router, gallery.router, queue.router, page.api):
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
+    docs.install(app)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     # Starlette runs the last-added middleware first: CORS (answers preflights), headers, then the guard.
-    app.add_middleware(Guard, key=ApiKey(settings.api_key), public=PUBLIC_PATHS, public_prefixes=("/static/", "/v1/images/files/"),
+    app.add_middleware(Guard, key=ApiKey(settings.api_key), public=PUBLIC_PATHS, public_prefixes=PUBLIC_PREFIXES,
                        max_body=settings.max_body, hosts=settings.allowed_hosts, origins=tuple(settings.cors_origins),
                        body_timeout=settings.body_timeout)
     app.add_middleware(SecurityHeaders)

@@ -141,3 +141,29 @@ def test_unknown_upscaler_is_a_422_naming_it(latent_server):
     big = requests.post(f"{api.baseurl}/txt2img", json={"prompt": "", "width": 16, "height": 16, "enable_hr": True,
                                                         "hr_scale": 20})
     assert big.status_code == 422 and big.json()["detail"][0]["loc"] == ["body", "hr_scale"]
+
+
+def test_an_upscaler_file_in_upscalers_extras_and_hires(root):
+    from safetensors.torch import save_file
+
+    from noisecraft.checkpoints.upscaler import load_upscaler
+    from noisecraft.models.rrdbnet import RRDBNet
+
+    import torch
+
+    torch.manual_seed(0)
+    file = root / "4x-tiny-esrgan.safetensors"
+    save_file(RRDBNet(num_feat=8, num_block=1, num_grow_ch=8, scale=4).state_dict(), str(file))
+    up = load_upscaler(file)
+    up.filename = file.name
+    path = model_file(root, "latent", text=False)
+    with running_server(make_pool({entry_for(path): cached_pipeline(path)}),
+                        ServerSettings(upscalers={up.name: up})) as url:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+        listed = {u["name"]: u for u in api.get_upscalers()}
+        assert listed["4x-tiny-esrgan"]["scale"] == 4 and listed["4x-tiny-esrgan"]["model_path"] == file.name
+        picture = Image.new("RGB", (12, 10), (200, 40, 40))
+        assert api.extra_single_image(picture, upscaler_1="4x-tiny-esrgan", upscaling_resize=4).image.size == (48, 40)
+        result = api.txt2img(prompt="", seed=2, width=16, height=16, steps=2, enable_hr=True, hr_scale=2,
+                             hr_upscaler="4x-tiny-esrgan", denoising_strength=0.3)
+        assert result.images[0].size == (32, 32) and "2x 4x-tiny-esrgan" in result.images[0].info["parameters"]

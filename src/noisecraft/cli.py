@@ -224,14 +224,14 @@ def cmd_generate(args) -> int:
                                     args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
                                     args.subject), init_image=init, mask_image=mask)
     paths = _output_paths(target, settings.prompt, settings.seeds)
-    library = _gallery(args.gallery) if args.gallery else None
+    from .gallery.pictures import add_picture, open_gallery
+
+    library = open_gallery(args.gallery) if args.gallery else None
     images = pipe(settings, init_image=init, mask_image=mask)
     for image, path in zip(images, paths):
         save_png(image, path)
         print(path)
     if library is not None:
-        from .gallery.pictures import add_picture
-
         request = Request(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale,
                           settings.guidance_rescale, settings.sampler.name, None, settings.width, settings.height,
                           settings.seed, 1, 1, settings.strength, args.subject)
@@ -243,15 +243,6 @@ def cmd_generate(args) -> int:
           f"seed {settings.seed}" + (f", subject {settings.subject!r}" if settings.subject else "") +
           f", in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
-
-
-def _gallery(folder: str | None, url: str | None = None):
-    from .gallery import Gallery, default_folder
-
-    library = Gallery(folder or default_folder(), url)
-    if not library.report.clean:
-        print(f"noisecraft: gallery check: {library.report}", file=sys.stderr)
-    return library
 
 
 def cmd_upscale(args) -> int:

@@ -4,11 +4,13 @@ and its lineage: what the server, the studio and `noisecraft generate --gallery`
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from PIL import Image
 
 from ..pngmeta import parse_parameters, png_bytes
 from ..settings import Request
+from .files import default_folder
 from .items import Item
 from .store import Gallery
 
@@ -32,3 +34,11 @@ def add_picture(gallery: Gallery, image: Image.Image, request: Request, *, model
 def request_of(item: Item) -> Request:
     """The `Request` that draws a gallery item's picture again (one picture, its own seed)."""
     return Request(**{k: v for k, v in (item.settings or {}).items() if k in REQUEST_FIELDS})
+
+
+def open_gallery(folder=None, url: str | None = None) -> Gallery:
+    """The gallery in `folder` (default: the user's data folder), saying on stderr what its start-up check repaired."""
+    library = Gallery(folder or default_folder(), url)
+    if not library.report.clean:
+        print(f"noisecraft: gallery check: {library.report}", file=sys.stderr, flush=True)
+    return library

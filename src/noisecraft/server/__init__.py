@@ -64,15 +64,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _gallery(folder: str | None, url: str | None):
-    from ..gallery import Gallery, default_folder
-
-    library = Gallery(folder or default_folder(), url)
-    if not library.report.clean:
-        print(f"noisecraft: gallery check: {library.report}", file=sys.stderr, flush=True)
-    return library
-
-
 def _upscalers(paths: list[str]) -> dict:
     """The --upscaler files, loaded (and so checked) before the server starts, by name."""
     from ..checkpoints.upscaler import load_upscaler
@@ -88,6 +79,7 @@ def _upscalers(paths: list[str]) -> dict:
 def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
     from ..devices import pick_device
+    from ..gallery.pictures import open_gallery
     from ..settings import Limits
     from .app import create_app
     from .catalog import Catalog
@@ -110,7 +102,7 @@ def serve(options: ServeOptions) -> int:
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
         catalog = Catalog.from_paths(options.models)
-        library = None if options.no_gallery else _gallery(options.gallery, options.gallery_db)
+        library = None if options.no_gallery else open_gallery(options.gallery, options.gallery_db)
         pool = WorkerPool(catalog, options.devices, options.queue_size)
         pool.start()
     except BaseException:

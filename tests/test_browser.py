@@ -1,4 +1,5 @@
 """The web page in a real browser: Playwright driving Debian's headless Chromium (never a downloaded one).
+The studio's own workflow (grids, U/V, region, zoom, gallery panel) is in test_studio_page.py.
 
 Screenshots are kept in build/test-artifacts/ (or $NOISECRAFT_ARTIFACTS). Where no Chromium is
 installed the tests skip, except under CI (.ci/run sets NOISECRAFT_REQUIRE_BROWSER=1), where a
@@ -12,9 +13,11 @@ import io
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
+from noisecraft.gallery import Gallery
 from noisecraft.pngmeta import parse_parameters
 from noisecraft.server.context import ServerSettings
 
@@ -42,10 +45,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
-    """The built-in model, as a new user gets it from `noisecraft serve`."""
+def server(tmp_path_factory):
+    """The built-in model and a gallery, as a new user gets them from `noisecraft serve`."""
     pipe = cached_pipeline(None)
-    with running_server(make_pool({entry_for(None): pipe})) as url:
+    with Gallery(tmp_path_factory.mktemp("gallery")) as gallery, \
+            running_server(make_pool({entry_for(None): pipe}), gallery=gallery) as url:
         yield url
 
 
@@ -71,7 +75,8 @@ def test_generate_from_the_page(browser, server):
     assert prompt.startswith("a red sneaker, professional product photography") and "lighting" in prompt
     assert page.input_value("#negative_prompt")
     assert page.get_attribute("[data-preset=product]", "aria-pressed") == "true"
-    # the server's 422 comes back as a sentence, on the field it names
+    # the exact A1111 settings live under Advanced; the server's 422 comes back as a sentence, on the field it names
+    page.click("#advanced summary")
     page.fill("#steps", "0")
     page.click("#generate")
     page.wait_for_selector("#steps[aria-invalid=true]")
@@ -107,19 +112,28 @@ def test_phone_sized_and_keyboard_only(browser, server):
         if page.evaluate("document.activeElement.id") == "prompt":
             break
     assert page.evaluate("document.activeElement.id") == "prompt"
-    page.keyboard.type("a palm tree")
-    page.keyboard.press("Control+Enter")
-    page.wait_for_selector(".card img", timeout=60_000)
-    image = decoded_png(page.get_attribute(".card img", "src"))
+    page.keyboard.type("a palm tree --steps 6")
+    page.keyboard.press("Control+Enter")  # Imagine: a 2x2 grid
+    page.wait_for_function("() => document.querySelectorAll('.grid-block .cell img[src^=blob]').length === 4"
+                           " && [...document.querySelectorAll('.grid-block .cell img')].every(i => i.complete && i.naturalWidth)",
+                           timeout=60_000)
+    assert page.eval_on_selector_all(".grid-block .cell img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])") == [[64, 64]] * 4
+    # open picture 1 with the keyboard, then copy its parameters and reuse its seed
+    page.focus(".grid-block .cell")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".single-block .big img[src^=blob]")
+    item_id = page.get_attribute(".single-block", "data-id")
+    image = Image.open(io.BytesIO(httpx.get(f"{server}/gallery/{item_id}/image").content))
     assert image.size == (64, 64) and "a palm tree" in image.info["parameters"]
-    # every control reachable: copy the parameters and reuse the seed with the keyboard
-    page.focus(".card .copy")
+    page.focus(".single-block .copy")
     page.keyboard.press("Enter")
-    page.wait_for_selector(".card .copy:text('Copied')")
+    page.wait_for_selector(".single-block .copy:text('Copied')")
     assert page.evaluate("navigator.clipboard.readText()") == image.info["parameters"]
-    page.focus(".card .reuse")
+    page.focus(".single-block .reuse")
     page.keyboard.press("Enter")
-    assert page.input_value("#seed") == parse_parameters(image.info["parameters"])["Seed"]
+    seed = parse_parameters(image.info["parameters"])["Seed"]
+    assert page.input_value("#prompt") == f"a palm tree --steps 6 --seed {seed}"
+    assert page.input_value("#seed") == seed
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
     page.screenshot(path=str(ARTIFACTS / "browser-phone.png"), full_page=True)
     context.close()
@@ -134,6 +148,8 @@ def test_the_page_asks_for_the_api_key(browser, tmp_path):
         page.fill("#api-key", KEY)
         page.keyboard.press("Enter")
         page.wait_for_selector("#auth", state="hidden")
+        page.wait_for_function("() => document.querySelector('#advanced').open")  # no gallery: Advanced is open,
+        assert page.is_hidden("#history-panel")  # and there is no gallery panel
         page.fill("#prompt", "anything")
         page.click("#generate")
         page.wait_for_selector(".card img", timeout=60_000)

@@ -160,3 +160,16 @@ def test_upscale_command(tmp_path):
     picture = Image.open(out.stdout.strip())
     assert picture.size == (128, 128) and picture.info["parameters"].startswith("a palm tree")
     assert "redrawn at strength 0.25" in out.stderr
+
+
+def test_task_ids_model_titles_and_no_gallery(studio, tmp_path):
+    client, _ = studio
+    made = client.post("/studio/imagine", json={"prompt": "a kiosk --seed 2", "task_id": "grid-kiosk-1"}).json()
+    assert client.get("/queue", params={"task_id": "grid-kiosk-1"}).json()["task"]["status"] == "done"
+    title = client.get("/sdapi/v1/sd-models").json()[0]["title"]
+    assert [i["id"] for i in client.get("/gallery", params={"model": title, "query": "kiosk"}).json()["items"]] == \
+        sorted((i["id"] for i in made["items"]), reverse=True)
+    path = model_file(tmp_path, "latent", text=False)
+    with running_server(make_pool({entry_for(path): cached_pipeline(path)})) as url:  # no gallery at all
+        refused = httpx.post(url + "/studio/imagine", json={"prompt": "a kiosk"})
+    assert refused.status_code == 422 and "keeps no gallery" in refused.json()["detail"][0]["msg"]

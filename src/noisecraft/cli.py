@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--gallery", default=None, metavar="DIR", help="keep every picture in the gallery in DIR (default: your data folder)")
     srv.add_argument("--gallery-db", default=None, metavar="URL", help="the gallery's database (default: SQLite in DIR; "
                                                                        "postgresql+psycopg://... for a shared one)")
-    srv.add_argument("--no-gallery", action="store_true", help="keep no pictures (the studio then works on this session's only)")
+    srv.add_argument("--no-gallery", action="store_true", help="keep pictures for this session only (in a temporary folder, removed at exit)")
     srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
     return parser
 

@@ -173,7 +173,8 @@ def _child(request: Request, parent: Image.Image, seed: int | None, prompt: str 
 
 
 def _multiple(value: float, factor: int) -> int:
-    return max(factor, round(value / factor) * factor)
+    """The multiple of `factor` nearest `value` (halves round up)."""
+    return max(factor, math.floor(value / factor + 0.5) * factor)
 
 
 def _aspect(value: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -102,7 +103,8 @@ def serve(options: ServeOptions) -> int:
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
         catalog = Catalog.from_paths(options.models)
-        library = None if options.no_gallery else open_gallery(options.gallery, options.gallery_db)
+        session = tempfile.TemporaryDirectory(prefix="noisecraft-session-") if options.no_gallery else None
+        library = open_gallery(session.name if session else options.gallery, None if session else options.gallery_db)
         pool = WorkerPool(catalog, options.devices, options.queue_size)
         pool.start()
     except BaseException:
@@ -116,8 +118,8 @@ def serve(options: ServeOptions) -> int:
     shown = f"[{options.host}]" if ":" in options.host else options.host
     print(f"noisecraft: serving {catalog.default.title} at http://{shown}:{port}/ (A1111 API under /sdapi/v1, OpenAI's under /v1, "
           f"docs at /docs{'; API key required' if settings.api_key else ''}). Ctrl+C stops.", file=sys.stderr, flush=True)
-    print(f"noisecraft: gallery: {library.folder} ({library.report.items} pictures)" if library else
-          "noisecraft: no gallery: pictures are not kept", file=sys.stderr, flush=True)
+    print("noisecraft: no gallery: pictures are kept for this session only" if session else
+          f"noisecraft: gallery: {library.folder} ({library.report.items} pictures)", file=sys.stderr, flush=True)
     server = Server(config(app, options.log_level), on_exit=pool.begin_shutdown)
     try:
         server.run(sockets=[sock])
@@ -126,7 +128,8 @@ def serve(options: ServeOptions) -> int:
     finally:
         pool.stop()
         sock.close()
-        if library is not None:
-            library.close()
+        library.close()
+        if session is not None:
+            session.cleanup()
     print("noisecraft: stopped", file=sys.stderr)
     return 0

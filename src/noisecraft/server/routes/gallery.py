@@ -10,7 +10,7 @@ from ..context import Context, context
 from ..errors import JSONResponse
 
 router = APIRouter(tags=["gallery"])
-NO_GALLERY = "this server keeps no gallery (it was started with --no-gallery)"
+NO_GALLERY = "this server keeps no gallery, so the studio has no pictures to work on"
 
 
 def shown(item) -> dict:
@@ -31,7 +31,8 @@ async def search(query: str | None = Query(None, max_length=500, description="wo
     """Pictures newest first, a page at a time: `items`, and `next` (pass it as `before`; null at the end)."""
     if ctx.gallery is None:
         return JSONResponse({"detail": NO_GALLERY}, status_code=404)
-    items, cursor = await run_in_threadpool(ctx.gallery.search, query, model=model, favourite=favourite, since=since,
+    entry = ctx.pool.catalog.find(model) if model else None  # a title ("name [hash]") or a name
+    items, cursor = await run_in_threadpool(ctx.gallery.search, query, model=entry.name if entry else model, favourite=favourite, since=since,
                                             until=until, before=before, limit=limit)
     return {"items": [shown(item) for item in items], "next": cursor}
 

@@ -18,6 +18,7 @@ from ...upscale import CREATIVE, SUBTLE
 from ..context import Context, context
 from ..encoding import decode_image
 from ..errors import FieldError
+from ..schemas import TASK_ID
 from ..generation import answer, draw
 from ..jobs import Job, Upscale
 from ...gallery.pictures import request_of
@@ -33,6 +34,7 @@ class Imagine(BaseModel):
 
     prompt: str = Field(description="what to draw, with Midjourney's flags: --ar 16:9 --seed 7 --no text --chaos 20 --q 2")
     negative_prompt: str = Field("", description="added to --no")
+    task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue and its cancel")
 
 
 class Change(BaseModel):
@@ -44,11 +46,14 @@ class Change(BaseModel):
     factor: float | None = Field(None, description="zoom out: 1.5 or 2")
     direction: str | None = Field(None, description="pan: left, right, up or down")
     seed: int | None = Field(None, description="the new pictures' first seed (default: random)")
+    task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue and its cancel")
 
 
 @router.post("/imagine")
 async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = Depends(context)):
     """A fresh grid of four from a prompt with Midjourney's flags."""
+    if ctx.gallery is None:
+        raise FieldError("prompt", NO_GALLERY)
     try:
         prompt, flags = studio.parse(body.prompt)
     except UserError as error:
@@ -57,7 +62,7 @@ async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = De
     step = studio.imagine(prompt, flags, pipe.config.image_size, pipe.size_factor, pipe.defaults)
     if body.negative_prompt:
         step.request = dataclasses.replace(step.request, negative_prompt=", ".join(filter(None, [flags.no, body.negative_prompt])))
-    return await run(ctx, request, step, None, flags=flags)
+    return await run(ctx, request, step, None, flags=flags, task_id=body.task_id)
 
 
 @router.post("/{item_id}/{operation}")
@@ -78,6 +83,7 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
                 raise FieldError("mode", f"upscale takes subtle or creative, not {mode!r}")
             job = Job(ctx.pool.current, kind="upscale", request=dataclasses.replace(made, prompt=_remix(body, made)),
                       init_image=parent, limits=ctx.settings.limits, upscale=Upscale(2, UPSCALES[mode]))
+            job.id = body.task_id or job.id
             return await _finish(ctx, request, job, item, f"upscale ({mode})", UPSCALES[mode])
         if operation == "vary":
             step = studio.vary(parent, made, body.mode or "subtle", body.seed, body.prompt)
@@ -96,10 +102,11 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
         if isinstance(error, FieldError):
             raise
         raise FieldError(error.field or "body", str(error)) from None
-    return await run(ctx, request, step, item)
+    return await run(ctx, request, step, item, task_id=body.task_id)
 
 
-async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: studio.Flags | None = None):
+async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: studio.Flags | None = None,
+              task_id: str | None = None):
     """Draw a studio step (four pictures; one job per guidance scale when --chaos spreads them) into the gallery."""
     scales = step.guidance or [None]
     share = step.request.num_images // len(scales)
@@ -111,6 +118,8 @@ async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: 
         if guidance is not None and step.request.seed is None and jobs:  # a random first seed: the others follow it
             part = dataclasses.replace(part, seed=jobs[0].settings.seed + k * share)
         job = Job(ctx.pool.current, request=part, init_image=step.init, mask_image=step.mask, limits=ctx.settings.limits)
+        if task_id:  # with --chaos the grid is several jobs: the id names each in turn
+            job.id = task_id
         failure = await _draw(ctx, request, job)
         if failure is not None:
             return failure

@@ -15,6 +15,7 @@ import io
 import httpx
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from PIL import Image
 
 from noisecraft.gallery import Gallery
@@ -57,7 +58,12 @@ def act(page, selector: str, timeout: float = 60_000) -> list[int]:
     """Click `selector`; wait for the new block on top of the feed, its pictures shown; their gallery ids."""
     before = page.locator("#feed > .block").count()
     page.click(selector)
-    page.wait_for_function(BLOCK_READY, arg=before + 1, timeout=timeout)
+    try:
+        page.wait_for_function(BLOCK_READY, arg=before + 1, timeout=timeout)
+    except PlaywrightTimeout:  # say what the page said, not only that it took too long
+        page.screenshot(path=str(ARTIFACTS / "studio-timeout.png"))
+        raise AssertionError(f"no new pictures after {selector}: status {page.text_content('#status')!r}, "
+                             f"blocks {page.locator('#feed > .block').count()} (were {before}), errors {page.errors}") from None
     top = page.locator("#feed > .block").first
     if top.get_attribute("data-kind") == "single":
         return [int(top.get_attribute("data-id"))]

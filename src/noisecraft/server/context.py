@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import Request
 
+from ..presets import builtin
 from ..settings import Limits
 from .preview import Previews
 from .security import LOCAL_NAMES
@@ -24,6 +25,7 @@ class ServerSettings:
     max_body: int = 64 * 2**20
     body_timeout: float = 30.0  # seconds for a request's whole body to arrive
     upscalers: dict = field(default_factory=dict)  # name -> a loaded upscaler file (`--upscaler`)
+    presets: list = field(default_factory=builtin)  # `noisecraft.presets.Preset`s: the page's, A1111's styles, OpenAI's style
 
 
 @dataclass

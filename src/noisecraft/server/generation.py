@@ -36,7 +36,11 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         entry = pool.catalog.find(wanted)
         if entry is None:
             raise FieldError(("override_settings", "sd_model_checkpoint"), unknown_model(wanted, pool.catalog))
-    job = Job(entry, request=schemas.to_request(req), init_image=init, mask_image=mask, limits=ctx.settings.limits,
+    try:
+        drawn = schemas.to_request(req, ctx.settings.presets)
+    except UserError as error:
+        raise FieldError("styles", str(error)) from None
+    job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits,
               upscale=upscale)
     if req.force_task_id:
         job.id = req.force_task_id

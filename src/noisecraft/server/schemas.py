@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..presets import find
 from ..settings import Request, Settings
 from ..version import __version__
 
@@ -46,6 +47,7 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = Field(False, description="ignored: the server never writes files")
     force_task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue")
+    styles: list[str] = Field(default_factory=list, description="presets to apply (names from /sdapi/v1/prompt-styles)")
     enable_hr: bool = Field(False, description="hires fix: draw, upscale by hr_scale, redraw at denoising_strength")
     hr_scale: float = 2.0
     hr_upscaler: str | None = Field(None, description="a name from /sdapi/v1/upscalers; Latent modes are done as Lanczos")
@@ -120,10 +122,14 @@ class ExtrasRequest(BaseModel):
     extras_upscaler_2_visibility: float = 0.0
 
 
-def to_request(req: GenerationRequest) -> Request:
-    """The noisecraft `Request` an A1111 request asks for: batch_size x n_iter images, batch_size per call."""
+def to_request(req: GenerationRequest, presets: list = ()) -> Request:
+    """The noisecraft `Request` an A1111 request asks for: batch_size x n_iter images, batch_size per call,
+    its `styles` applied (from `presets`)."""
     img2img = getattr(req, "init_images", None) is not None
-    return Request(prompt=req.prompt or "", negative_prompt=req.negative_prompt or "", steps=req.steps,
+    prompt, negative = req.prompt or "", req.negative_prompt or ""
+    for style in req.styles:
+        prompt, negative = find(presets, style).apply(prompt, negative)
+    return Request(prompt=prompt, negative_prompt=negative, steps=req.steps,
                    guidance_scale=req.cfg_scale, guidance_rescale=req.guidance_rescale,
                    sampler=req.sampler_name or req.sampler_index or None, scheduler=req.scheduler,
                    width=req.width, height=req.height, seed=req.seed, num_images=req.batch_size * req.n_iter,

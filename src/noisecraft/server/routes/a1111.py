@@ -159,6 +159,12 @@ async def schedulers():
             for name in SCHEDULERS]
 
 
+@router.get("/sdapi/v1/prompt-styles")
+async def prompt_styles(ctx: Context = Depends(context)):
+    """The presets, as A1111 lists its styles (`styles` in txt2img/img2img applies them by name)."""
+    return [{"name": p.label, "prompt": p.prompt, "negative_prompt": p.negative} for p in ctx.settings.presets]
+
+
 @router.get("/sdapi/v1/scripts")
 async def scripts():
     return {"txt2img": [], "img2img": []}

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from ...errors import UserError
 from ...images import load_picture
 from ...pngmeta import amend_parameters, image_bytes, parse_parameters
+from ...presets import find
 from ...settings import Request as DrawRequest
 from ...studio import keep_outside, size_for
 from ...upscale import SUBTLE
@@ -38,7 +39,7 @@ from ..library import remember
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 SIZES = ("auto", "256x256", "512x512", "1024x1024", "1024x1536", "1536x1024", "1792x1024", "1024x1792")
 QUALITY = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 1.5, "hd": 1.5}  # x the model's steps
-STYLES = {"vivid": "vivid colours, dramatic light, high contrast", "natural": "natural colours, soft daylight"}
+STYLES = ("vivid", "natural")  # presets of those ids (presets.toml)
 OPENAI_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")  # drawn by the current model
 EDIT_STRENGTH, VARIATION_STRENGTH = 0.75, 0.6  # without a mask an edit redraws the whole picture
 URL_LIFETIME = 3600  # seconds a response's picture URL works, as OpenAI's do
@@ -83,7 +84,7 @@ async def generations(request: Request, body: GenerationsBody = Body(...), ctx: 
     """Pictures from a prompt (OpenAI's `images.generate`)."""
     entry, pipe = _entry(ctx, body.model), None
     n = _count(body.n)
-    prompt = _prompt(body.prompt, body.style)
+    prompt = _prompt(body.prompt, body.style, ctx.settings.presets)
     _check_output(body.response_format, body.output_format, body.output_compression, body.background)
     target, drawn = _sizes(ctx, entry, body.size, None)
     pipe = ctx.pool.loaded(entry) or ctx.pool.any_pipeline()
@@ -102,7 +103,7 @@ async def edits(request: Request, ctx: Context = Depends(context)):
     if len(pictures) != 1:
         raise Refused(400, f"send one picture as image (noisecraft edits one at a time), not {len(pictures)}", "image")
     image = await _picture(pictures[0], "image")
-    prompt = _prompt(_text(form, "prompt", required=True), None)
+    prompt = _prompt(_text(form, "prompt", required=True), None, ())
     mask = None
     if form.get("mask") is not None:
         mask = await _picture(form.get("mask"), "mask")
@@ -250,12 +251,12 @@ def _growth(drawn, target) -> Upscale | None:
     return Upscale(2, SUBTLE) if min(target[0] / drawn[0], target[1] / drawn[1]) >= 2 else None
 
 
-def _prompt(prompt: str | None, style: str | None) -> str:
+def _prompt(prompt: str | None, style: str | None, presets) -> str:
     if not prompt or not prompt.strip():
         raise Refused(400, "prompt must say what to draw", "prompt")
     if style not in (None, *STYLES):
         raise Refused(400, f"style must be vivid or natural, not {style!r}", "style")
-    return f"{prompt.strip()}, {STYLES[style]}" if style else prompt.strip()
+    return find(presets, style).apply(prompt)[0] if style else prompt.strip()
 
 
 def _quality(quality: str | None) -> float:

@@ -24,6 +24,12 @@ async def index():
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
 
+@api.get("/presets")
+async def presets(ctx: Context = Depends(context)):
+    """The presets the page shows as chips (`prompt` is a template: {prompt} is the user's text)."""
+    return [p.to_json() for p in ctx.settings.presets]
+
+
 @api.get("/info")
 async def server_info(ctx: Context = Depends(context)):
     """What the web page needs: the model's sizes and defaults, and the server's limits."""

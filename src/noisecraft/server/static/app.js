@@ -3,28 +3,9 @@
 // zoom out or pan any picture; every picture lands in the gallery with its lineage.
 "use strict";
 
-const PRESETS = [
-  {
-    id: "product", label: "Product shot",
-    style: "professional product photography, isolated on a clean white seamless background, soft diffused studio lighting with a gentle shadow, three-quarter view from slightly above, sharp focus, high detail",
-    negative: "blurry, cluttered background, text, watermark, logo, low quality, distorted",
-  },
-  {
-    id: "menu", label: "Menu item",
-    style: "appetizing food photography for a restaurant menu, served on a plain ceramic plate, warm natural window light, shallow depth of field, 45-degree overhead angle, fresh vibrant colours",
-    negative: "blurry, messy, unappetizing, text, watermark, low quality",
-  },
-  {
-    id: "social", label: "Social-media post",
-    style: "eye-catching social media post, bold vibrant colours, clean flat illustration style, bright even lighting, centered composition, straight-on view, empty space for a caption",
-    negative: "blurry, cluttered, dull colours, text, watermark, low quality",
-  },
-  {
-    id: "signage", label: "Signage",
-    style: "simple bold sign graphic, high-contrast flat colours, clean vector style, even front lighting, straight-on frontal view, readable from a distance, plain background",
-    negative: "blurry, clutter, fine details, gradients, watermark, low quality",
-  },
-];
+// The presets come from the server (/presets: noisecraft's presets.toml, shared with the CLI and the APIs);
+// `style` is the template's words after "{prompt}, ".
+let PRESETS = [];
 const ASPECTS = ["1:1", "4:5", "2:3", "3:2", "16:9", "9:16"];
 const FEED_LIMIT = 12;  // blocks kept in the studio feed (all pictures stay in the gallery)
 const PAGE_SIZE = 24;   // gallery rows per request
@@ -215,12 +196,18 @@ async function load() {
   const names = [...new Set(info.models.map(modelName))];
   fillSelect($("filter-model"), ["", ...names], $("filter-model").value, ["All models", ...names]);
   $("filter-model").hidden = names.length < 2;
+  const presets = await api("/presets");
+  if (presets.ok) {
+    PRESETS = (await presets.json()).filter((p) => p.chip).map((p) => ({ ...p, style: p.prompt.replace(/^\{prompt\},?\s*/, "") }));
+    renderPresets();
+  }
   await loadHistory(true);
   setStatus(state.gallery ? "Ready." : "Ready. This server keeps no gallery, so pictures are one-offs with the settings under Advanced.");
 }
 
 function renderPresets() {
   const box = $("presets");
+  box.replaceChildren();
   for (const preset of PRESETS) {
     const button = document.createElement("button");
     button.type = "button";
@@ -344,9 +331,9 @@ function markInvalid(field) {
   }
 }
 
-// The studio's requests carry no task id: /sdapi/v1/progress tells how the running job is doing,
-// with its picture so far (one small preview per sampling step).
-function startProgressPolling(label) {
+// A studio request carries its own task id: /sdapi/v1/progress tells how the running job is doing,
+// with its picture so far (one small preview per sampling step), shown only when that job is ours.
+function startProgressPolling(label, task) {
   let inFlight = false;
   const preview = $("preview");
   preview.removeAttribute("src");
@@ -359,6 +346,10 @@ function startProgressPolling(label) {
       if (!response.ok || !state.busy) return;
       const body = await response.json();
       const s = body.state || {};
+      if (s.job !== task) {
+        if (s.job) setStatus(`${label}: waiting for the job ahead of it…`);
+        return;
+      }
       if (s.sampling_steps > 0) {
         setProgress(body.progress);
         const eta = body.eta_relative > 0.5 ? ` · about ${Math.ceil(body.eta_relative)} s left` : "";
@@ -386,10 +377,11 @@ async function studio(path, body, label) {
   state.stopped = false;
   setProgress(0);
   setStatus(`${label}…`);
-  startProgressPolling(label);
+  const task = (state.task = newTaskId());
+  startProgressPolling(label, task);
   const started = performance.now();
   try {
-    const response = await api(path, { method: "POST", body });
+    const response = await api(path, { method: "POST", body: { ...body, task_id: task } });
     if (!response.ok) {
       const { message, field } = await errorText(response);
       if (response.status === 429) setStatus(`The server is busy (its queue is full): try again in a moment. ${message}`, true);
@@ -413,6 +405,7 @@ async function studio(path, body, label) {
     return null;
   } finally {
     clearInterval(state.poller);
+    state.task = null;
     setBusy(false);
   }
 }
@@ -1095,8 +1088,7 @@ async function generate() {
 
 async function stop() {
   state.stopped = true;
-  if (state.mode === "studio") await api("/sdapi/v1/interrupt", { method: "POST" }).catch(() => null);
-  else if (state.task) await api(`/queue/${encodeURIComponent(state.task)}/cancel`, { method: "POST" }).catch(() => null);
+  if (state.task) await api(`/queue/${encodeURIComponent(state.task)}/cancel`, { method: "POST" }).catch(() => null);
   setStatus("Stopping…");
 }
 
@@ -1182,7 +1174,6 @@ $("model").addEventListener("change", async () => {
   select.disabled = false;
 });
 
-renderPresets();
 renderRatios();
 setupRegion();
 setupHistory();

@@ -52,3 +52,25 @@ def test_server_lists_and_applies_presets(tmp_path):
         assert info["prompt"].startswith("ramen, appetizing food photography") and info["negative_prompt"].startswith("blurry")
         refused = httpx.post(url + "/sdapi/v1/txt2img", json={"prompt": "ramen", "styles": ["Gothic"]})
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "styles"]
+
+
+def test_cli_lists_and_applies_presets(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    styles = tmp_path / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nChalkboard,"{prompt} drawn in chalk on a blackboard",photo\n')
+    listed = subprocess.run([sys.executable, "-m", "noisecraft.cli", "presets", "--presets", styles],
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.startswith("Product shot") and "Chalkboard" in listed.stdout
+    out = tmp_path / "special.png"
+    made = subprocess.run([sys.executable, "-m", "noisecraft.cli", "generate", "soup of the day", "--presets", styles,
+                           "--preset", "chalkboard", "--steps", "2", "--seed", "1", "--out", out, "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert Image.open(out).info["parameters"].startswith("soup of the day drawn in chalk on a blackboard\nNegative prompt: photo")
+    refused = subprocess.run([sys.executable, "-m", "noisecraft.cli", "generate", "soup", "--preset", "Gothic"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "unknown preset 'Gothic'; choose one of: Product shot" in refused.stderr

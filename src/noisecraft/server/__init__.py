@@ -45,6 +45,7 @@ class ServeOptions:
     gallery_db: str | None = None  # database URL; None: SQLite in the folder
     no_gallery: bool = False
     upscalers: list[str] = field(default_factory=list)  # ESRGAN-family files
+    presets: list[str] = field(default_factory=list)  # presets files offered besides the built-in ones
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,6 +82,7 @@ def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
     from ..devices import pick_device
     from ..gallery.pictures import open_gallery
+    from ..presets import combined
     from ..settings import Limits
     from .app import create_app
     from .catalog import Catalog
@@ -99,6 +101,7 @@ def serve(options: ServeOptions) -> int:
     if options.no_gallery and (options.gallery or options.gallery_db):
         raise UserError("--no-gallery keeps no pictures; leave out --gallery and --gallery-db")
     upscalers = _upscalers(options.upscalers)
+    presets = combined(options.presets)
     sock = bind(options.host, options.port)
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
@@ -112,7 +115,8 @@ def serve(options: ServeOptions) -> int:
         raise
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
                               allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
-                              limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers)
+                              limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers,
+                              presets=presets)
     app = create_app(pool, settings, library)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host

@@ -1,17 +1,14 @@
-"""The `noisecraft` command: parse, validate, call `Pipeline` or the trainer. No diffusion logic here."""
+"""The `noisecraft` command line: every subcommand's options (the commands themselves: generate.py, commands.py)."""
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
-from pathlib import Path
 
-from .errors import UserError, out_of_memory
-from .version import __version__
+from ..version import __version__
 
 
-def _size(text: str) -> tuple[int, int]:
+def size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
     if not match:
         raise argparse.ArgumentTypeError(f"size must look like 512x512 or 512, not {text!r}")
@@ -19,7 +16,7 @@ def _size(text: str) -> tuple[int, int]:
     return width, int(match.group(2) or width)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion: generate, train, inspect.")
     parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -38,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="random seed; image k uses seed+k (default: random)")
     gen.add_argument("--num-images", type=int, default=1, help="how many pictures")
     gen.add_argument("--batch-size", type=int, default=16, help="pictures per network call")
-    gen.add_argument("--size", type=_size, default=None, metavar="WxH", help="picture size in pixels (model default)")
+    gen.add_argument("--size", type=size, default=None, metavar="WxH", help="picture size in pixels (model default)")
     gen.add_argument("--model", default=None, help="noisecraft model, Stable Diffusion .safetensors/.ckpt file or diffusers folder (default: the built-in model)")
     gen.add_argument("--out", default=".", help="output .png file, or a folder (default: the current folder)")
     gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -54,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
     gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")
     gen.add_argument("--gallery", default=None, metavar="DIR", help="also keep the pictures in the gallery in DIR (as `serve --gallery`)")
+    gen.add_argument("--preset", action="append", default=[], metavar="NAME", help="apply a preset to the prompt (see `noisecraft presets`; repeatable)")
+    gen.add_argument("--presets", action="append", default=[], metavar="FILE", help="presets file: noisecraft .toml, A1111 styles.csv or Fooocus .json (repeatable)")
 
     up = commands.add_parser("upscale", help="make a picture larger, redrawing detail with the model",
                              description="Enlarge a picture (Lanczos or an ESRGAN-family file), then redraw it tile by tile at low strength.")
@@ -82,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", default=None, help="model folder or .safetensors file (default: the built-in model)")
 
     commands.add_parser("samplers", help="list the samplers", description="List the samplers.")
+
+    pre = commands.add_parser("presets", help="list the presets", description="List the presets (built-in, and from files).")
+    pre.add_argument("--presets", action="append", default=[], metavar="FILE", help="also these: noisecraft .toml, A1111 styles.csv or Fooocus .json")
 
     data = commands.add_parser("data", help="build ready-made datasets", description="Build ready-made training datasets.")
     which = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
@@ -132,261 +134,6 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--gallery-db", default=None, metavar="URL", help="the gallery's database (default: SQLite in DIR; "
                                                                        "postgresql+psycopg://... for a shared one)")
     srv.add_argument("--no-gallery", action="store_true", help="keep pictures for this session only (in a temporary folder, removed at exit)")
+    srv.add_argument("--presets", action="append", default=[], metavar="FILE", help="offer these presets too (A1111 styles.csv, Fooocus .json, noisecraft .toml)")
     srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
     return parser
-
-
-def _check_out(out: str) -> Path:
-    """Where --out points (a .png file, or a folder), checked before any work: there, and writable."""
-    import tempfile
-
-    target = Path(out).expanduser()
-    png = target.suffix.lower() == ".png"
-    if not png and target.exists() and not target.is_dir():
-        raise UserError(f"--out {out} is a file that is not a .png; give a .png name or a folder")
-    folder = target.parent if png else target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UserError(f"--out {out}: cannot write pictures there ({error.strerror or error}); choose another folder") from None
-    return target
-
-
-def _output_paths(target: Path, prompt: str, seeds: list[int]) -> list[Path]:
-    """One new file per picture: `target` (numbered -k for several), or slug-seed.png in the `target` folder;
-    a name already taken gets -1, -2, ... so nothing is overwritten."""
-    if target.suffix.lower() == ".png":
-        names = [target] if len(seeds) == 1 else [target.with_name(f"{target.stem}-{k}.png") for k in range(len(seeds))]
-    else:
-        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "image"
-        names = [target / f"{slug}-{seed}.png" for seed in seeds]
-    paths = []
-    for name in names:
-        path, n = name, 1
-        while path.exists() or path in paths:
-            path, n = name.with_name(f"{name.stem}-{n}.png"), n + 1
-        paths.append(path)
-    return paths
-
-
-def _sides(text: str) -> tuple[int, int, int, int]:
-    parts = text.split(",")
-    if len(parts) == 1:
-        parts = parts * 4
-    try:
-        sides = tuple(int(p) for p in parts)
-    except ValueError:
-        sides = ()
-    if len(sides) != 4 or min(sides) < 0 or max(sides) == 0 or max(sides) > 4096:
-        raise UserError(f"--outpaint takes LEFT,TOP,RIGHT,BOTTOM pixels from 0 to 4096 (or one number for all sides), not {text!r}")
-    return sides
-
-
-def cmd_generate(args) -> int:
-    import time
-
-    from .checkpoints.lora import parse_lora_argument
-    from .devices import DTYPES
-    from .images import open_image, outpaint_canvas
-    from .pipeline import Pipeline
-    from .pngmeta import save_png
-    from .settings import Request
-
-    started = time.perf_counter()
-    target = _check_out(args.out)
-    init = open_image(args.init_image, "--init-image") if args.init_image else None
-    mask = open_image(args.mask, "--mask") if args.mask else None
-    sides = _sides(args.outpaint) if args.outpaint else None
-    if sides and init is None:
-        raise UserError("--outpaint extends a picture; give it with --init-image")
-    if sides and mask is not None:
-        raise UserError("--outpaint makes its own mask; leave out --mask")
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
-                                    prediction=args.prediction)
-    if args.vae_tiling:
-        pipe.enable_vae_tiling()
-    if args.offload:
-        pipe.enable_sequential_offload()
-    strength = args.strength
-    if sides:
-        init, mask = outpaint_canvas(init, sides, pipe.size_factor)
-        strength = 1.0 if strength is None else strength
-    for item in args.lora:
-        pipe.load_lora(*parse_lora_argument(item))
-    for item in args.embedding:
-        head, sep, word = item.rpartition(":")
-        path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
-        pipe.load_textual_inversion(path, word)
-    width, height = args.size if args.size else (None, None)
-    settings = pipe.resolve(Request(args.prompt, args.negative, args.steps, args.guidance, args.rescale, args.sampler,
-                                    args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
-                                    args.subject), init_image=init, mask_image=mask)
-    paths = _output_paths(target, settings.prompt, settings.seeds)
-    from .gallery.pictures import add_picture, open_gallery
-
-    library = open_gallery(args.gallery) if args.gallery else None
-    images = pipe(settings, init_image=init, mask_image=mask)
-    for image, path in zip(images, paths):
-        save_png(image, path)
-        print(path)
-    if library is not None:
-        request = Request(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale,
-                          settings.guidance_rescale, settings.sampler.name, None, settings.width, settings.height,
-                          settings.seed, 1, 1, settings.strength, args.subject)
-        for image in images:
-            add_picture(library, image, request, model=pipe.name, source="cli",
-                        operation="img2img" if init is not None else "generate", strength=settings.strength)
-        library.close()
-    print(f"{len(images)} image(s), {settings.width}x{settings.height}, {settings.steps} steps of {settings.sampler.name}, "
-          f"seed {settings.seed}" + (f", subject {settings.subject!r}" if settings.subject else "") +
-          f", in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return 0
-
-
-def cmd_upscale(args) -> int:
-    from .checkpoints.upscaler import load_upscaler
-    from .images import open_image
-    from .pipeline import Pipeline
-    from .pngmeta import parse_parameters, save_png
-    from .settings import Request
-    from .upscale import RESAMPLERS, SUBTLE, upscale
-
-    target = _check_out(args.out)
-    image = open_image(args.image, "the picture")
-    upscaler = args.upscaler if args.upscaler in RESAMPLERS else load_upscaler(args.upscaler, device="cpu")
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
-    stored = parse_parameters(image.info["parameters"]) if image.info.get("parameters") else {}
-    prompt = args.prompt if args.prompt is not None else stored.get("prompt", "")
-    request = Request(prompt, stored.get("negative_prompt", "") if args.prompt is None else "", steps=args.steps, seed=args.seed)
-    picture, how = upscale(pipe, image, args.scale, request, strength=SUBTLE if args.strength is None else args.strength,
-                           upscaler=upscaler)
-    stem = Path(args.image).stem
-    path = target if target.suffix.lower() == ".png" else target / f"{stem}-{args.scale:g}x.png"
-    path = _output_paths(path, stem, [0])[0]
-    save_png(picture, path)
-    print(path)
-    print(f"{how}", file=sys.stderr)
-    return 0
-
-
-def cmd_train(args) -> int:
-    import tomllib
-
-    import torch
-
-    from .train.config import load_train_config
-    from .train.trainer import Trainer
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise UserError(f"--set takes SECTION.KEY=VALUE, not {item!r}")
-        try:
-            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key.strip()] = value
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
-    if args.out is not None:
-        overrides["train.out"] = str(Path(args.out).resolve())
-    if args.data is not None:
-        overrides["data.path"] = str(Path(args.data).resolve())
-    config = load_train_config(args.config, overrides)
-    trainer = Trainer(config, device=args.device, resume=not args.no_resume, progress=not args.no_progress)
-    try:
-        result = trainer.train()
-    except (torch.OutOfMemoryError, MemoryError):
-        raise UserError(f"out of memory at step {trainer.step}; lower train.batch_size or the model size "
-                        "(the last checkpoint is kept, and the same command resumes)") from None
-    print(f"{result.status} at step {result.step}; model: {result.model_path}" + (f"; {result.bad_steps} step(s) skipped for non-finite loss" if result.bad_steps else ""))
-    return 0 if result.status == "done" else 3
-
-
-def cmd_info(args) -> int:
-    from .checkpoints import describe, identify
-
-    for label, text in describe(identify(args.model)).items():
-        print(f"{label + ':':<13}{text}")
-    return 0
-
-
-def cmd_samplers(args) -> int:
-    from .samplers import SAMPLERS
-
-    for name, spec in SAMPLERS.items():
-        print(f"{name:24s} {spec.a1111_name}")
-    return 0
-
-
-def cmd_data(args) -> int:
-    from .datasets.emoji import build_emoji_dataset
-
-    styles = tuple(s.strip() for s in args.styles.split(",") if s.strip())
-    stats = build_emoji_dataset(args.out, styles=styles, size=args.size, tarballs=args.from_tarball,
-                                skin_tones=not args.no_skin_tones)
-    print(stats)
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from .eval.run import run_eval
-    from .eval.train_judge import train_judge_command
-
-    if args.train_judge:
-        if args.judge_steps < 1:
-            raise UserError("--judge-steps must be at least 1")
-        train_judge_command(args.data, args.judge, steps=args.judge_steps, holdout_style=args.holdout_style)
-        return 0
-    try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--steps takes comma-separated whole numbers like 10,20,50, not {args.steps!r}") from None
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    if not steps or not samplers:
-        raise UserError("--samplers and --steps each need at least one value")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    run_eval(model=args.model, data=args.data, judge=args.judge, out=args.out, prompts_file=args.prompts,
-             images_per_prompt=args.images_per_prompt, samplers=samplers, steps=steps, guidance=args.guidance,
-             batch_size=args.batch_size, device=args.device, grid_path=args.grid, quick=args.quick, subject=args.subject)
-    return 0
-
-
-def cmd_serve(args) -> int:
-    import os
-
-    from .server import ServeOptions, serve
-
-    devices = [d.strip() for d in args.device.split(",") if d.strip()] or ["auto"]
-    return serve(ServeOptions(models=args.model, host=args.host, port=args.port,
-                              api_key=args.api_key or os.environ.get("NOISECRAFT_API_KEY") or None, insecure=args.insecure,
-                              cors_origins=args.cors_origin, allowed_hosts=args.allowed_host, devices=devices,
-                              queue_size=args.queue_size,
-                              max_images=args.max_images, max_side=args.max_size, gallery=args.gallery,
-                              gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler))
-
-
-COMMANDS = {"generate": cmd_generate, "upscale": cmd_upscale, "train": cmd_train, "info": cmd_info, "samplers": cmd_samplers, "data": cmd_data,
-            "eval": cmd_eval, "serve": cmd_serve}
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as error:
-        print(f"noisecraft: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("noisecraft: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print(f"noisecraft: error: {out_of_memory()}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

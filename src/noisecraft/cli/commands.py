@@ -1,0 +1,114 @@
+"""The other `noisecraft` commands: train, info, samplers, presets, data, eval, serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def cmd_train(args) -> int:
+    import tomllib
+
+    import torch
+
+    from ..train.config import load_train_config
+    from ..train.trainer import Trainer
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"--set takes SECTION.KEY=VALUE, not {item!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = value
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.out is not None:
+        overrides["train.out"] = str(Path(args.out).resolve())
+    if args.data is not None:
+        overrides["data.path"] = str(Path(args.data).resolve())
+    config = load_train_config(args.config, overrides)
+    trainer = Trainer(config, device=args.device, resume=not args.no_resume, progress=not args.no_progress)
+    try:
+        result = trainer.train()
+    except (torch.OutOfMemoryError, MemoryError):
+        raise UserError(f"out of memory at step {trainer.step}; lower train.batch_size or the model size "
+                        "(the last checkpoint is kept, and the same command resumes)") from None
+    print(f"{result.status} at step {result.step}; model: {result.model_path}" + (f"; {result.bad_steps} step(s) skipped for non-finite loss" if result.bad_steps else ""))
+    return 0 if result.status == "done" else 3
+
+
+def cmd_info(args) -> int:
+    from ..checkpoints import describe, identify
+
+    for label, text in describe(identify(args.model)).items():
+        print(f"{label + ':':<13}{text}")
+    return 0
+
+
+def cmd_samplers(args) -> int:
+    from ..samplers import SAMPLERS
+
+    for name, spec in SAMPLERS.items():
+        print(f"{name:24s} {spec.a1111_name}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from ..presets import combined
+
+    for preset in combined(args.presets):
+        print(f"{preset.label:24s} {preset.prompt}" + (f"\n{'':24s} negative: {preset.negative}" if preset.negative else ""))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from ..datasets.emoji import build_emoji_dataset
+
+    styles = tuple(s.strip() for s in args.styles.split(",") if s.strip())
+    stats = build_emoji_dataset(args.out, styles=styles, size=args.size, tarballs=args.from_tarball,
+                                skin_tones=not args.no_skin_tones)
+    print(stats)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from ..eval.run import run_eval
+    from ..eval.train_judge import train_judge_command
+
+    if args.train_judge:
+        if args.judge_steps < 1:
+            raise UserError("--judge-steps must be at least 1")
+        train_judge_command(args.data, args.judge, steps=args.judge_steps, holdout_style=args.holdout_style)
+        return 0
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps takes comma-separated whole numbers like 10,20,50, not {args.steps!r}") from None
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    if not steps or not samplers:
+        raise UserError("--samplers and --steps each need at least one value")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    run_eval(model=args.model, data=args.data, judge=args.judge, out=args.out, prompts_file=args.prompts,
+             images_per_prompt=args.images_per_prompt, samplers=samplers, steps=steps, guidance=args.guidance,
+             batch_size=args.batch_size, device=args.device, grid_path=args.grid, quick=args.quick, subject=args.subject)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from ..server import ServeOptions, serve
+
+    devices = [d.strip() for d in args.device.split(",") if d.strip()] or ["auto"]
+    return serve(ServeOptions(models=args.model, host=args.host, port=args.port,
+                              api_key=args.api_key or os.environ.get("NOISECRAFT_API_KEY") or None, insecure=args.insecure,
+                              cors_origins=args.cors_origin, allowed_hosts=args.allowed_host, devices=devices,
+                              queue_size=args.queue_size,
+                              max_images=args.max_images, max_side=args.max_size, gallery=args.gallery,
+                              gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler,
+                              presets=args.presets))

@@ -83,6 +83,14 @@ def item(client, item_id: int) -> dict:
     return response.json()
 
 
+def children(client, ids: list[int], parent: int, operation: str) -> list[tuple[int, dict]]:
+    """(id, gallery item) of each of `ids`, checked to be made from `parent` by `operation`."""
+    found = [(i, item(client, i)) for i in ids]
+    for _, child in found:
+        assert child["parent_id"] == parent and child["operation"] == operation
+    return found
+
+
 def pixels(client, item_id: int, size: tuple[int, int] | None = None) -> np.ndarray:
     picture = Image.open(io.BytesIO(client.get(f"/gallery/{item_id}/image").content)).convert("RGB")
     if size is not None and picture.size != size:
@@ -227,9 +235,7 @@ def test_vary_region_repaints_only_where_painted(browser, studio_server):  # noq
     inside, outside = dist < radius - 1.5, dist > radius + 1.5
     assert inside.sum() > 250 and outside.sum() > 2000
     parent = pixels(client, grid[0])
-    for child_id in region:
-        child = item(client, child_id)
-        assert child["parent_id"] == grid[0] and child["operation"] == "vary (region)"
+    for child_id, _ in children(client, region, grid[0], "vary (region)"):
         diff = np.abs(pixels(client, child_id) - parent).max(axis=2)
         assert diff[outside].max() <= 2, "outside the painted stroke the picture must stay the parent's"
         assert diff[inside].mean() > 12, "inside the painted stroke the picture must change"
@@ -245,10 +251,8 @@ def test_zoom_out_keeps_the_picture_in_the_centre(browser, studio_server):  # no
     zoomed = act(page, f".single-block[data-id='{grid[2]}'] button.op:text-is('Zoom out 2x')")
     assert len(zoomed) == 4 and shown_sizes(page) == [[128, 128]] * 4
     parent = pixels(client, grid[2])
-    for child_id in zoomed:
-        child = item(client, child_id)
+    for child_id, child in children(client, zoomed, grid[2], "zoom out 2x"):
         assert (child["width"], child["height"]) == (128, 128)
-        assert child["parent_id"] == grid[2] and child["operation"] == "zoom out 2x"
         picture = pixels(client, child_id)
         assert np.abs(picture[32:96, 32:96] - parent).max() <= 2  # the parent, untouched, in the middle
         assert np.abs(picture[:24] - picture[:24].mean(axis=(0, 1))).mean() > 1  # a painted border, not a flat frame

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import APIRouter, Body, Depends, Request
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ... import studio
 from ...errors import UserError
+from ...images import load_picture
 from ...settings import Request as DrawRequest
 from ...upscale import CREATIVE, SUBTLE
 from ..context import Context, context
@@ -73,7 +73,7 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
     item = await run_in_threadpool(ctx.gallery.get, item_id)
     if item is None:
         return missing(item_id)
-    parent = await run_in_threadpool(_open, ctx.gallery.path(item))
+    parent = await run_in_threadpool(load_picture, ctx.gallery.path(item), f"gallery picture {item.id}")
     made = request_of(item)
     pipe = ctx.pool.loaded(ctx.pool.current) or ctx.pool.any_pipeline()
     try:
@@ -163,11 +163,3 @@ def _remix(body: Change, made: DrawRequest) -> str:
 
 def _unknown(operation: str) -> FieldError:
     return FieldError("operation", f"unknown studio operation {operation!r}; choose upscale, vary, region, zoom or pan")
-
-
-def _open(path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        picture = image.convert("RGB")
-        picture.info = dict(image.info)
-    return picture

@@ -24,7 +24,8 @@ FLOORS = {
     "noisecraft.checkpoints": 3,
     "noisecraft.settings": 4, "noisecraft.pipeline": 4,
     "noisecraft.train": 5, "noisecraft.datasets": 5, "noisecraft.upscale": 5, "noisecraft.studio": 5,
-    "noisecraft.gallery": 5,
+    "noisecraft.gallery": 5, "noisecraft.brand": 5, "noisecraft.layouts": 5, "noisecraft.provenance": 5,
+    "noisecraft.campaign": 6,
     "noisecraft.eval": 6,
     "noisecraft.cli": 7, "noisecraft.server": 7,
     "noisecraft": 8,  # the package itself: its __init__ is the top

@@ -3,6 +3,7 @@
     parser.py    every subcommand's options
     generate.py  generate and upscale (output files)
     commands.py  train, info, samplers, presets, data, eval, serve
+    brand.py     brand init, brand check
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError, out_of_memory
-from . import commands, generate
+from . import brand, commands, generate
 from .parser import build_parser
 
 COMMANDS = {"generate": generate.cmd_generate, "upscale": generate.cmd_upscale, "train": commands.cmd_train,
             "info": commands.cmd_info, "samplers": commands.cmd_samplers, "presets": commands.cmd_presets, "data": commands.cmd_data,
-            "eval": commands.cmd_eval, "serve": commands.cmd_serve}
+            "eval": commands.cmd_eval, "serve": commands.cmd_serve,
+            "brand": brand.cmd_brand}
 
 
 def main(argv: list[str] | None = None) -> int:

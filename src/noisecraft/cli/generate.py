@@ -57,9 +57,23 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     return sides
 
 
+def on_brand(kit, prompt: str, negative: str, preset_names: list[str], preset_files: list[str]) -> tuple[str, str]:
+    """(prompt, negative) with the presets named (the kit's default preset when none is) and the kit's words."""
+    from ..presets import combined, find
+
+    if kit is not None:
+        kit.check_words(prompt)
+    names = preset_names or ([kit.preset] if kit is not None and kit.preset else [])
+    presets = combined(preset_files) if names else []
+    for name in names:
+        prompt, negative = find(presets, name).apply(prompt, negative)
+    return kit.apply(prompt, negative) if kit is not None else (prompt, negative)
+
+
 def cmd_generate(args) -> int:
     import time
 
+    from ..brand import load_kit
     from ..checkpoints.lora import parse_lora_argument
     from ..devices import DTYPES
     from ..images import open_image, outpaint_canvas
@@ -92,14 +106,9 @@ def cmd_generate(args) -> int:
         head, sep, word = item.rpartition(":")
         path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
         pipe.load_textual_inversion(path, word)
-    width, height = args.size if args.size else (None, None)
-    prompt, negative = args.prompt, args.negative
-    if args.preset:
-        from ..presets import combined, find
-
-        presets = combined(args.presets)
-        for name in args.preset:
-            prompt, negative = find(presets, name).apply(prompt, negative)
+    kit = load_kit(args.brand) if args.brand else None
+    width, height = args.size if args.size else kit.sizes[0] if kit and kit.sizes else (None, None)
+    prompt, negative = on_brand(kit, args.prompt, args.negative, args.preset, args.presets)
     settings = pipe.resolve(Request(prompt, negative, args.steps, args.guidance, args.rescale, args.sampler,
                                     args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
                                     args.subject), init_image=init, mask_image=mask)
@@ -108,6 +117,8 @@ def cmd_generate(args) -> int:
 
     library = open_gallery(args.gallery) if args.gallery else None
     images = pipe(settings, init_image=init, mask_image=mask)
+    if kit is not None:
+        images = [kit.finish(image, args.colour_strength) for image in images]
     for image, path in zip(images, paths):
         save_png(image, path)
         print(path)

@@ -16,6 +16,19 @@ def size(text: str) -> tuple[int, int]:
     return width, int(match.group(2) or width)
 
 
+def brand_options(command) -> None:
+    """--brand and the signing flags, shared by generate, layout and campaign."""
+    command.add_argument("--brand", default=None, metavar="DIR", help="a brand kit (`noisecraft brand init DIR`): its style, "
+                         "colours, words, fonts and logo")
+    command.add_argument("--colour-strength", type=float, default=None, metavar="S",
+                         help="with --brand: pull the colours toward the palette, 0 (off) .. 1 (default: the kit's)")
+    command.add_argument("--sign", action=argparse.BooleanOptionalAction, default=None,
+                         help="Content Credentials (C2PA) and an invisible watermark (default: on for a kit that signs)")
+    command.add_argument("--certificate", default=None, metavar="PEM", help="sign with this certificate chain (default: the "
+                         "kit's, or a local self-signed identity)")
+    command.add_argument("--key", default=None, metavar="PEM", help="the private key of --certificate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion: generate, train, inspect.")
     parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
@@ -53,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gallery", default=None, metavar="DIR", help="also keep the pictures in the gallery in DIR (as `serve --gallery`)")
     gen.add_argument("--preset", action="append", default=[], metavar="NAME", help="apply a preset to the prompt (see `noisecraft presets`; repeatable)")
     gen.add_argument("--presets", action="append", default=[], metavar="FILE", help="presets file: noisecraft .toml, A1111 styles.csv or Fooocus .json (repeatable)")
+    brand_options(gen)
 
     up = commands.add_parser("upscale", help="make a picture larger, redrawing detail with the model",
                              description="Enlarge a picture (Lanczos or an ESRGAN-family file), then redraw it tile by tile at low strength.")
@@ -84,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = commands.add_parser("presets", help="list the presets", description="List the presets (built-in, and from files).")
     pre.add_argument("--presets", action="append", default=[], metavar="FILE", help="also these: noisecraft .toml, A1111 styles.csv or Fooocus .json")
+
+    brand = commands.add_parser("brand", help="brand kits: write a starter kit, check a picture's colours",
+                                description="Brand kits: a folder with brand.toml (palette, logo, fonts, words, style).")
+    kit = brand.add_subparsers(dest="brand_command", required=True, metavar="ACTION")
+    init = kit.add_parser("init", help="write a commented starter kit into DIR")
+    init.add_argument("folder", metavar="DIR")
+    init.add_argument("--name", default=None, help="the business's name (default: the folder's)")
+    check = kit.add_parser("check", help="how close a picture's dominant colours are to the kit's palette (CIEDE2000)")
+    check.add_argument("image", help="the picture")
+    check.add_argument("--brand", required=True, metavar="DIR", help="the brand kit")
+    check.add_argument("--json", action="store_true", help="print JSON")
 
     data = commands.add_parser("data", help="build ready-made datasets", description="Build ready-made training datasets.")
     which = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")

@@ -1,0 +1,135 @@
+"""Brand kits: brand.toml read and checked, words applied and refused, the palette's names, distances and
+colour step (CIEDE2000 via scikit-image), and the CLI's `brand init|check` and `generate --brand`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.color import deltaE_ciede2000, rgb2lab
+
+from noisecraft.brand import colour_name, hex_rgb, init_kit, load_kit, palette_report, recolour
+from noisecraft.errors import UserError
+
+PALETTE = [(162, 59, 42), (253, 243, 214), (34, 87, 58)]  # brick red, cream, forest green
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "noisecraft.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def blocks(colours, size=48, noise=0.0, seed=0) -> Image.Image:
+    """A picture of vertical bands of `colours`, with optional pixel noise (so k-means has texture to see)."""
+    bands = np.repeat(np.array(colours, dtype=np.float64), size // len(colours) + 1, axis=0)[:size]
+    pixels = np.broadcast_to(bands[None], (size, size, 3)).copy()
+    pixels += np.random.default_rng(seed).normal(0, noise, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def test_colours_parse_and_are_named():
+    assert hex_rgb("#a23b2a") == (162, 59, 42) and hex_rgb("fa3") == (255, 170, 51)
+    with pytest.raises(UserError, match=r"^the accent is 'teal'; give a hex colour such as \"#a23b2a\"$"):
+        hex_rgb("teal", "the accent")
+    assert [colour_name(c) for c in PALETTE] == ["brick red", "cream", "forest green"]
+    assert colour_name((20, 40, 90)) == "navy blue" and colour_name((250, 250, 250)) == "white"
+
+
+def test_report_measures_ciede2000_to_the_nearest_palette_colour():
+    on = palette_report(blocks(PALETTE), PALETTE)
+    assert len(on.colours) == 3 and on.median < 0.5  # exactly the palette's colours
+    off = palette_report(blocks([(40, 90, 200), (240, 200, 20)]), PALETTE)
+    blue = next(c for c in off.colours if c.colour[2] > 150)
+    expected = deltaE_ciede2000(rgb2lab(np.array(blue.colour) / 255), rgb2lab(np.array(blue.nearest) / 255))
+    assert blue.delta_e == pytest.approx(float(expected), abs=1e-6) and off.median > 20
+    assert off.lines()[-1].startswith("median dE") and "off palette" in off.lines()[-1]
+
+
+def test_colour_step_pulls_toward_the_palette_and_keeps_what_it_should():
+    picture = blocks([(210, 40, 30), (250, 230, 150), (90, 190, 80)], noise=6)  # red, yellowish cream, light green
+    picture.info["parameters"] = "pizza\nSteps: 2, Seed: 1"
+    assert np.array_equal(np.asarray(recolour(picture, PALETTE, 0.0)), np.asarray(picture))
+    medians = [palette_report(recolour(picture, PALETTE, s), PALETTE).median for s in (0.0, 0.5, 1.0)]
+    assert medians[0] > medians[1] > medians[2] and medians[2] < medians[0] / 2
+    full = np.asarray(recolour(picture, PALETTE, 1.0)).astype(int)
+    assert full[:, 40].mean(axis=0)[1] > full[:, 40].mean(axis=0)[0]  # the light green goes to the green, not the cream
+    assert recolour(picture, PALETTE, 0.5).info["parameters"] == picture.info["parameters"]
+    skin = blocks([(224, 172, 140)], noise=3)  # a skin tone moves a quarter as far
+    moved = lambda protect: np.abs(np.asarray(recolour(skin, [(40, 90, 200)], 1.0, protect_skin=protect)).astype(int)
+                                   - np.asarray(skin)).mean()
+    assert moved(True) < 0.4 * moved(False)
+    with pytest.raises(UserError, match="colour strength is 1.5; give a number from 0"):
+        recolour(picture, PALETTE, 1.5)
+
+
+def test_starter_kit_loads_and_applies_its_words(tmp_path):
+    written = init_kit(tmp_path / "kit", "Trattoria Sole")
+    assert sorted(p.name for p in written) == ["brand.toml", "logo.svg"]
+    kit = load_kit(tmp_path / "kit")
+    assert kit.name == "Trattoria Sole" and kit.palette["primary"] == (162, 59, 42) and kit.signing.sign
+    prompt, negative = kit.apply("a bowl of ramen", "cold")
+    assert prompt == ("a bowl of ramen, warm natural light, clean composition, "
+                      "colour palette of brick red, cream, forest green and off-white")
+    assert negative == "cold, blurry, low quality, watermark, text"
+    with pytest.raises(UserError, match=r"^the prompt uses 'neon', which the Trattoria Sole brand kit bans; leave it out$"):
+        kit.apply("a NEON sign over the door")
+    kit.apply("neonatal care poster")  # whole words only
+    with pytest.raises(UserError, match="already has a brand.toml"):
+        init_kit(tmp_path / "kit")
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('name = "x"\n[palette]\nprimary = "red"\n', r"palette.primary is 'red'; give a hex colour"),
+    ('[palette]\nmauve = "#aa88aa"\n', "palette role 'mauve' is not one of primary"),
+    ('[palette]\nprimary = "#aa88aa"\n[logo]\nfile = "gone.png"\n', "logo.file names .*gone.png, which is not there"),
+    ('[palette]\nprimary = "#aa88aa"\n[words]\nbanned = "neon"\nrequired = [3]\n', "words.required should be a list"),
+    ('colour = 1\n[palette]\nprimary = "#aa88aa"\n', "unknown key 'colour'"),
+    ('[palette]\nprimary = "#aa88aa"\n[style]\ncolour_strength = 2\n', "colour_strength is 2; give a number from 0"),
+    ('[palette\n', "is not valid TOML"),
+    ('name = "x"\n', "the \\[palette\\] has no colours"),
+])
+def test_bad_kits_are_one_sentence(tmp_path, toml, words):
+    (tmp_path / "brand.toml").write_text(toml)
+    with pytest.raises(UserError, match=words) as caught:
+        load_kit(tmp_path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="no brand kit there"):
+        load_kit(tmp_path / "elsewhere")
+
+
+def test_required_words_extra_colours_and_sizes(tmp_path):
+    (tmp_path / "brand.toml").write_text('name = "Cool Air"\nsizes = ["96x64"]\n[palette]\nprimary = "#1b2a4a"\n'
+                                         'extra = ["#f07f13"]\n[words]\nrequired = ["HVAC"]\n')
+    kit = load_kit(tmp_path)
+    assert kit.apply("a technician")[0] == "a technician, HVAC, colour palette of navy blue"
+    assert kit.apply("an hvac unit")[0] == "an hvac unit, colour palette of navy blue"
+    assert kit.colours == [(27, 42, 74), (240, 127, 19)] and kit.sizes == ((96, 64),) and not kit.signing.sign
+
+
+def test_cli_brand_init_check_and_generate(tmp_path):
+    made = cli("brand", "init", tmp_path / "kit", "--name", "Trattoria Sole")
+    assert made.returncode == 0 and made.stdout.split() == [str(tmp_path / "kit" / "logo.svg"), str(tmp_path / "kit" / "brand.toml")]
+    out = tmp_path / "pizza.png"
+    drawn = cli("generate", "pizza", "--brand", tmp_path / "kit", "--seed", "1", "--steps", "4", "--no-sign", "--out", out)
+    assert drawn.returncode == 0, drawn.stderr
+    parameters = Image.open(out).info["parameters"]
+    assert parameters.startswith("pizza, warm natural light, clean composition, colour palette of brick red")
+    assert "Brand: Trattoria Sole, Colour strength: 0.5" in parameters
+    plain = tmp_path / "plain.png"
+    assert cli("generate", "pizza", "--brand", tmp_path / "kit", "--seed", "1", "--steps", "4", "--no-sign",
+               "--colour-strength", "0", "--out", plain).returncode == 0
+    checked = cli("brand", "check", out, "--brand", tmp_path / "kit", "--json")
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["brand"] == "Trattoria Sole" and len(report["colours"]) == 5
+    unpulled = json.loads(cli("brand", "check", plain, "--brand", tmp_path / "kit", "--json").stdout)
+    assert report["median_delta_e"] < unpulled["median_delta_e"]
+    text = cli("brand", "check", out, "--brand", tmp_path / "kit")
+    assert text.stdout.splitlines()[-1].strip().startswith("median dE")
+    refused = cli("generate", "a neon pizza", "--brand", tmp_path / "kit", "--out", tmp_path / "no.png")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "noisecraft: error: the prompt uses 'neon', which the Trattoria Sole brand kit bans; leave it out")
+    assert not (tmp_path / "no.png").exists()

@@ -133,3 +133,52 @@ def test_cli_brand_init_check_and_generate(tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip() == (
         "noisecraft: error: the prompt uses 'neon', which the Trattoria Sole brand kit bans; leave it out")
     assert not (tmp_path / "no.png").exists()
+
+
+def test_server_offers_brand_kits_to_a1111_openai_and_the_studio(tmp_path):
+    import base64
+    import io
+
+    import httpx
+    import openai
+
+    from noisecraft.gallery import Gallery
+    from noisecraft.server.context import ServerSettings
+    from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
+
+    init_kit(tmp_path / "kit", "Trattoria Sole")
+    kit = load_kit(tmp_path / "kit")
+    path = model_file(tmp_path, "pixel", text=False)
+    settings = ServerSettings(brands={kit.name: kit})
+    with Gallery(tmp_path / "gallery") as gallery, \
+            running_server(make_pool({entry_for(path): cached_pipeline(path)}), settings, gallery=gallery) as url:
+        listed = httpx.get(url + "/brands").json()
+        assert listed[0]["name"] == "Trattoria Sole" and listed[0]["palette"]["primary"] == "#a23b2a"
+        body = {"prompt": "pizza", "width": 16, "height": 16, "steps": 2, "seed": 1}
+        plain = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=60).json()
+        branded = httpx.post(url + "/sdapi/v1/txt2img", json=body | {"brand": "Trattoria Sole"}, timeout=60).json()
+        info = json.loads(branded["info"])
+        assert info["prompt"].startswith("pizza, warm natural light") and "colour palette of brick red" in info["prompt"]
+        picture = Image.open(io.BytesIO(base64.b64decode(branded["images"][0])))
+        assert "Brand: Trattoria Sole, Colour strength: 0.5" in picture.info["parameters"]
+        plain_picture = Image.open(io.BytesIO(base64.b64decode(plain["images"][0])))
+        # the same prompt and seed, drawn on brand and pulled toward the palette, is closer to it
+        unpulled = httpx.post(url + "/sdapi/v1/txt2img", json=body | {"prompt": info["prompt"]}, timeout=60).json()
+        unpulled_picture = Image.open(io.BytesIO(base64.b64decode(unpulled["images"][0])))
+        assert palette_report(picture, kit.colours).median < palette_report(unpulled_picture, kit.colours).median
+        assert plain_picture.size == picture.size
+        refused = httpx.post(url + "/sdapi/v1/txt2img", json=body | {"prompt": "neon pizza", "brand": "Trattoria Sole"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "prompt"]
+        assert "bans" in refused.json()["detail"][0]["msg"]
+        unknown = httpx.post(url + "/sdapi/v1/txt2img", json=body | {"brand": "Acme"})
+        assert unknown.status_code == 422 and "unknown brand kit 'Acme'; the kits are: Trattoria Sole" in unknown.text
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        made = client.images.generate(prompt="pizza", size="256x256", extra_body={"brand": "Trattoria Sole"})
+        assert made.data[0].revised_prompt.startswith("pizza, warm natural light")
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.generate(prompt="neon pizza", extra_body={"brand": "Trattoria Sole"})
+        assert caught.value.body["param"] == "prompt" and "bans" in caught.value.body["message"]
+        grid = httpx.post(url + "/studio/imagine", json={"prompt": "pizza --seed 3", "brand": "Trattoria Sole"}, timeout=120)
+        assert grid.status_code == 200, grid.text
+        first = grid.json()["items"][0]
+        assert "Brand: Trattoria Sole" in Image.open(io.BytesIO(httpx.get(url + f"/gallery/{first['id']}/image").content)).info["parameters"]

@@ -95,6 +95,18 @@ class BrandKit:
         return Style(colours=colours, fonts={**base.fonts, **self.fonts}, logo=logo)
 
 
+def brand_prompt(kit: BrandKit | None, prompt: str, negative: str, preset_names: list[str], presets: list) -> tuple[str, str]:
+    """(prompt, negative) with the presets named (`kit`'s default preset when none is) and then the kit's words;
+    a banned word in the user's prompt is refused before anything is added to it."""
+    from ..presets import find
+
+    if kit is not None:
+        kit.check_words(prompt)
+    for name in preset_names or ([kit.preset] if kit is not None and kit.preset else []):
+        prompt, negative = find(presets, name).apply(prompt, negative)
+    return kit.apply(prompt, negative) if kit is not None else (prompt, negative)
+
+
 def load_kit(folder: str | Path) -> BrandKit:
     """The kit in `folder` (or the `brand.toml` file given), every value checked; mistakes are one sentence."""
     path = Path(folder).expanduser()

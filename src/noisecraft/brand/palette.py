@@ -11,6 +11,7 @@ All colour maths is CIELAB (D65) through scikit-image; distances are CIEDE2000 (
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,7 +165,9 @@ def recolour(image: Image.Image, palette: list[RGB], strength: float = 0.5, k: i
     shift = weights @ moves
     if protect_skin:
         shift *= np.where(_skin(points), SKIN_PROTECTION, 1.0)[..., None]
-    out = np.clip(lab2rgb(points + shift) * 255 + 0.5, 0, 255).astype(np.uint8)
+    with warnings.catch_warnings():  # a pull past sRGB's gamut is clipped, which is what we want
+        warnings.simplefilter("ignore", UserWarning)
+        out = np.clip(lab2rgb(points + shift) * 255 + 0.5, 0, 255).astype(np.uint8)
     picture = Image.fromarray(out, "RGB")
     picture.info.update({k: v for k, v in image.info.items() if k == "parameters"})
     return picture

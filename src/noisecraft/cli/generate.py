@@ -57,23 +57,11 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     return sides
 
 
-def on_brand(kit, prompt: str, negative: str, preset_names: list[str], preset_files: list[str]) -> tuple[str, str]:
-    """(prompt, negative) with the presets named (the kit's default preset when none is) and the kit's words."""
-    from ..presets import combined, find
-
-    if kit is not None:
-        kit.check_words(prompt)
-    names = preset_names or ([kit.preset] if kit is not None and kit.preset else [])
-    presets = combined(preset_files) if names else []
-    for name in names:
-        prompt, negative = find(presets, name).apply(prompt, negative)
-    return kit.apply(prompt, negative) if kit is not None else (prompt, negative)
-
-
 def cmd_generate(args) -> int:
     import time
 
-    from ..brand import load_kit
+    from ..brand import brand_prompt, load_kit
+    from ..presets import combined
     from ..checkpoints.lora import parse_lora_argument
     from ..devices import DTYPES
     from ..images import open_image, outpaint_canvas
@@ -108,7 +96,8 @@ def cmd_generate(args) -> int:
         pipe.load_textual_inversion(path, word)
     kit = load_kit(args.brand) if args.brand else None
     width, height = args.size if args.size else kit.sizes[0] if kit and kit.sizes else (None, None)
-    prompt, negative = on_brand(kit, args.prompt, args.negative, args.preset, args.presets)
+    presets = combined(args.presets) if args.preset or (kit and kit.preset) else []
+    prompt, negative = brand_prompt(kit, args.prompt, args.negative, args.preset, presets)
     settings = pipe.resolve(Request(prompt, negative, args.steps, args.guidance, args.rescale, args.sampler,
                                     args.scheduler, width, height, args.seed, args.num_images, args.batch_size, strength,
                                     args.subject), init_image=init, mask_image=mask)

@@ -160,5 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "postgresql+psycopg://... for a shared one)")
     srv.add_argument("--no-gallery", action="store_true", help="keep pictures for this session only (in a temporary folder, removed at exit)")
     srv.add_argument("--presets", action="append", default=[], metavar="FILE", help="offer these presets too (A1111 styles.csv, Fooocus .json, noisecraft .toml)")
+    srv.add_argument("--brand", action="append", default=[], metavar="DIR", help="offer this brand kit, by its name (repeatable)")
     srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
     return parser

@@ -46,6 +46,7 @@ class ServeOptions:
     no_gallery: bool = False
     upscalers: list[str] = field(default_factory=list)  # ESRGAN-family files
     presets: list[str] = field(default_factory=list)  # presets files offered besides the built-in ones
+    brands: list[str] = field(default_factory=list)  # brand kit folders, offered by their names
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -78,6 +79,19 @@ def _upscalers(paths: list[str]) -> dict:
     return files
 
 
+def _brands(folders: list[str]) -> dict:
+    """The --brand kits, loaded (and so checked) before the server starts, by name."""
+    from ..brand import load_kit
+
+    kits = {}
+    for folder in folders:
+        kit = load_kit(folder)
+        if kit.name in kits:
+            raise UserError(f"two brand kits are named {kit.name!r} ({folder} and {kits[kit.name].folder}); rename one")
+        kits[kit.name] = kit
+    return kits
+
+
 def serve(options: ServeOptions) -> int:
     """Run the server until Ctrl+C. Refuses an open host without a key before touching anything."""
     from ..devices import pick_device
@@ -102,6 +116,7 @@ def serve(options: ServeOptions) -> int:
         raise UserError("--no-gallery keeps no pictures; leave out --gallery and --gallery-db")
     upscalers = _upscalers(options.upscalers)
     presets = combined(options.presets)
+    brands = _brands(options.brands)
     sock = bind(options.host, options.port)
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
@@ -116,7 +131,7 @@ def serve(options: ServeOptions) -> int:
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
                               allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
                               limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers,
-                              presets=presets)
+                              presets=presets, brands=brands)
     app = create_app(pool, settings, library)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host

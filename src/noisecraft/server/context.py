@@ -26,6 +26,7 @@ class ServerSettings:
     body_timeout: float = 30.0  # seconds for a request's whole body to arrive
     upscalers: dict = field(default_factory=dict)  # name -> a loaded upscaler file (`--upscaler`)
     presets: list = field(default_factory=builtin)  # `noisecraft.presets.Preset`s: the page's, A1111's styles, OpenAI's style
+    brands: dict = field(default_factory=dict)  # name -> `noisecraft.brand.BrandKit` (`serve --brand DIR`)
 
 
 @dataclass

@@ -22,6 +22,17 @@ from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown, Upscale
 log = logging.getLogger("noisecraft.server")
 
 
+def brand_of(ctx: Context, name: str | None):
+    """The brand kit named `name` (None: none); an unknown name is a 422 on `brand` that lists the kits."""
+    if not name:
+        return None
+    kit = ctx.settings.brands.get(name)
+    if kit is None:
+        offered = ", ".join(ctx.settings.brands) or "none (serve --brand DIR offers one)"
+        raise FieldError("brand", f"unknown brand kit {name!r}; the kits are: {offered}")
+    return kit
+
+
 def unknown_model(name: str, catalog) -> str:
     return f"unknown model {name!r}; choose one of: {', '.join(e.title for e in catalog.entries)}"
 
@@ -36,12 +47,13 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         entry = pool.catalog.find(wanted)
         if entry is None:
             raise FieldError(("override_settings", "sd_model_checkpoint"), unknown_model(wanted, pool.catalog))
+    kit = brand_of(ctx, req.brand)
     try:
-        drawn = schemas.to_request(req, ctx.settings.presets)
+        drawn = schemas.to_request(req, ctx.settings.presets, kit)
     except UserError as error:
-        raise FieldError("styles", str(error)) from None
+        raise FieldError(error.field or "styles", str(error)) from None
     job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits,
-              upscale=upscale)
+              upscale=upscale, touch_up=kit.finish if kit else None)
     if req.force_task_id:
         job.id = req.force_task_id
     exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())

@@ -75,6 +75,7 @@ class Job:
     mask_image: Any = None
     limits: Limits | None = None
     upscale: Upscale | None = None
+    touch_up: Callable | None = None  # applied to each picture once drawn (and upscaled): a brand kit's colour step
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = "queued"  # queued, running, done, interrupted, failed, cancelled
     created: float = field(default_factory=time.monotonic)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..presets import find
+from ..brand import brand_prompt
 from ..settings import Request, Settings
 from ..version import __version__
 
@@ -48,6 +48,7 @@ class GenerationRequest(BaseModel):
     save_images: bool = Field(False, description="ignored: the server never writes files")
     force_task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue")
     styles: list[str] = Field(default_factory=list, description="presets to apply (names from /sdapi/v1/prompt-styles)")
+    brand: str | None = Field(None, description="noisecraft: a brand kit's name (GET /brands): its words, then its colour step")
     enable_hr: bool = Field(False, description="hires fix: draw, upscale by hr_scale, redraw at denoising_strength")
     hr_scale: float = 2.0
     hr_upscaler: str | None = Field(None, description="a name from /sdapi/v1/upscalers; Latent modes are done as Lanczos")
@@ -122,13 +123,11 @@ class ExtrasRequest(BaseModel):
     extras_upscaler_2_visibility: float = 0.0
 
 
-def to_request(req: GenerationRequest, presets: list = ()) -> Request:
+def to_request(req: GenerationRequest, presets: list = (), kit=None) -> Request:
     """The noisecraft `Request` an A1111 request asks for: batch_size x n_iter images, batch_size per call,
-    its `styles` applied (from `presets`)."""
+    its `styles` applied (from `presets`), then the brand `kit`'s words."""
     img2img = getattr(req, "init_images", None) is not None
-    prompt, negative = req.prompt or "", req.negative_prompt or ""
-    for style in req.styles:
-        prompt, negative = find(presets, style).apply(prompt, negative)
+    prompt, negative = brand_prompt(kit, req.prompt or "", req.negative_prompt or "", req.styles, list(presets))
     return Request(prompt=prompt, negative_prompt=negative, steps=req.steps,
                    guidance_scale=req.cfg_scale, guidance_rescale=req.guidance_rescale,
                    sampler=req.sampler_name or req.sampler_index or None, scheduler=req.scheduler,

@@ -90,7 +90,7 @@ class Worker:
             if job.kind == "upscale":
                 job.chunks = 1
                 images.append(self._upscaled(job, pipe, job.init_image, job.request, 0))
-                job.images = images
+                job.images = [job.touch_up(i) for i in images] if job.touch_up else images
                 job.finish("done")
                 return
             if job.settings is None:  # the model was not loaded when the request came: resolve against it now
@@ -143,6 +143,8 @@ class Worker:
             if job.upscale is not None:  # the second pass, picture by picture, each with its own seed
                 drawn = [self._upscaled(job, pipe, image, dataclasses.replace(job.request, seed=seed), index)
                          for image, seed in zip(drawn, part.seeds)]
+            if job.touch_up is not None:
+                drawn = [job.touch_up(image) for image in drawn]
             images += drawn
             job.images = list(images)
             job.fraction = (index + 1) / len(starts)

@@ -32,7 +32,8 @@ from ...upscale import SUBTLE
 from ..context import Context, context
 from ..encoding import MAX_UPLOAD_PIXELS
 from ..errors import openai_error
-from ..generation import draw
+from ..errors import FieldError
+from ..generation import brand_of, draw
 from ..jobs import Failure, Job, QueueFull, ShuttingDown, Upscale
 from ..library import remember
 
@@ -66,6 +67,7 @@ class GenerationsBody(BaseModel):
     output_format: str | None = Field("png", description="png (with its parameters), jpeg or webp")
     output_compression: int | None = Field(None, description="0-100 for jpeg and webp")
     background: str | None = Field("auto", description="auto or opaque (transparent is not supported)")
+    brand: str | None = Field(None, description="noisecraft: a brand kit's name (GET /brands): its words and colour step")
 
 
 @router.get("/models")
@@ -85,12 +87,14 @@ async def generations(request: Request, body: GenerationsBody = Body(...), ctx: 
     entry, pipe = _entry(ctx, body.model), None
     n = _count(body.n)
     prompt = _prompt(body.prompt, body.style, ctx.settings.presets)
+    kit, prompt, negative = _brand(ctx, body.brand, prompt)
     _check_output(body.response_format, body.output_format, body.output_compression, body.background)
     target, drawn = _sizes(ctx, entry, body.size, None)
     pipe = ctx.pool.loaded(entry) or ctx.pool.any_pipeline()
     steps = max(1, round(pipe.defaults["steps"] * _quality(body.quality)))
-    job = Job(entry, request=DrawRequest(prompt, steps=steps, width=drawn[0], height=drawn[1], num_images=n, batch_size=n),
-              limits=ctx.settings.limits, upscale=_growth(drawn, target))
+    job = Job(entry, request=DrawRequest(prompt, negative, steps=steps, width=drawn[0], height=drawn[1], num_images=n,
+                                         batch_size=n),
+              limits=ctx.settings.limits, upscale=_growth(drawn, target), touch_up=kit.finish if kit else None)
     return await _answer(ctx, request, job, target, body.response_format, body.output_format, body.output_compression,
                          operation="generate")
 
@@ -257,6 +261,19 @@ def _prompt(prompt: str | None, style: str | None, presets) -> str:
     if style not in (None, *STYLES):
         raise Refused(400, f"style must be vivid or natural, not {style!r}", "style")
     return find(presets, style).apply(prompt)[0] if style else prompt.strip()
+
+
+def _brand(ctx: Context, name: str | None, prompt: str):
+    """(the brand kit named `name` or None, the prompt and negative prompt on brand); a 400 naming `brand` for an
+    unknown kit, naming `prompt` for a word the kit bans."""
+    try:
+        kit = brand_of(ctx, name)
+    except FieldError as error:
+        raise Refused(400, str(error), "brand") from None
+    try:
+        return (kit, *kit.apply(prompt)) if kit else (None, prompt, "")
+    except UserError as error:
+        raise Refused(400, str(error), "prompt") from None
 
 
 def _quality(quality: str | None) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
+from ...brand import to_hex
 from ...samplers import SAMPLERS, resolve_sampler
 from ...version import __version__
 from ..context import Context, context
@@ -28,6 +29,14 @@ async def index():
 async def presets(ctx: Context = Depends(context)):
     """The presets the page shows as chips (`prompt` is a template: {prompt} is the user's text)."""
     return [p.to_json() for p in ctx.settings.presets]
+
+
+@api.get("/brands")
+async def brands(ctx: Context = Depends(context)):
+    """The brand kits this server offers (`serve --brand DIR`): `brand` in txt2img, OpenAI's generations and the studio."""
+    return [{"name": kit.name, "palette": {role: to_hex(c) for role, c in kit.palette.items()}, "colours": kit.colour_words(),
+             "style_words": kit.style_words, "preset": kit.preset, "banned": list(kit.banned),
+             "colour_strength": kit.colour_strength, "logo": kit.logo is not None} for kit in ctx.settings.brands.values()]
 
 
 @api.get("/info")

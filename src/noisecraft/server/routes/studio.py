@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ... import studio
+from ...brand import brand_prompt
 from ...errors import UserError
 from ...images import load_picture
 from ...settings import Request as DrawRequest
@@ -19,7 +20,7 @@ from ..context import Context, context
 from ..encoding import decode_image
 from ..errors import FieldError
 from ..schemas import TASK_ID
-from ..generation import answer, draw
+from ..generation import answer, brand_of, draw
 from ..jobs import Job, Upscale
 from ...gallery.pictures import request_of
 from ..library import remember
@@ -34,6 +35,7 @@ class Imagine(BaseModel):
 
     prompt: str = Field(description="what to draw, with Midjourney's flags: --ar 16:9 --seed 7 --no text --chaos 20 --q 2")
     negative_prompt: str = Field("", description="added to --no")
+    brand: str | None = Field(None, description="a brand kit's name (GET /brands): its words, then its colour step")
     task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue and its cancel")
 
 
@@ -60,9 +62,14 @@ async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = De
         raise FieldError("prompt", str(error)) from None
     pipe = ctx.pool.loaded(ctx.pool.current) or ctx.pool.any_pipeline()
     step = studio.imagine(prompt, flags, pipe.config.image_size, pipe.size_factor, pipe.defaults)
-    if body.negative_prompt:
-        step.request = dataclasses.replace(step.request, negative_prompt=", ".join(filter(None, [flags.no, body.negative_prompt])))
-    return await run(ctx, request, step, None, flags=flags, task_id=body.task_id)
+    kit = brand_of(ctx, body.brand)
+    try:
+        words, negative = brand_prompt(kit, step.request.prompt, ", ".join(filter(None, [flags.no, body.negative_prompt])),
+                                       [], ctx.settings.presets)
+    except UserError as error:
+        raise FieldError("prompt", str(error)) from None
+    step.request = dataclasses.replace(step.request, prompt=words, negative_prompt=negative)
+    return await run(ctx, request, step, None, flags=flags, task_id=body.task_id, touch_up=kit.finish if kit else None)
 
 
 @router.post("/{item_id}/{operation}")
@@ -106,7 +113,7 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
 
 
 async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: studio.Flags | None = None,
-              task_id: str | None = None):
+              task_id: str | None = None, touch_up=None):
     """Draw a studio step (four pictures; one job per guidance scale when --chaos spreads them) into the gallery."""
     scales = step.guidance or [None]
     share = step.request.num_images // len(scales)
@@ -117,7 +124,8 @@ async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: 
             seed=None if step.request.seed is None else step.request.seed + k * share)
         if guidance is not None and step.request.seed is None and jobs:  # a random first seed: the others follow it
             part = dataclasses.replace(part, seed=jobs[0].settings.seed + k * share)
-        job = Job(ctx.pool.current, request=part, init_image=step.init, mask_image=step.mask, limits=ctx.settings.limits)
+        job = Job(ctx.pool.current, request=part, init_image=step.init, mask_image=step.mask, limits=ctx.settings.limits,
+                  touch_up=touch_up)
         if task_id:  # with --chaos the grid is several jobs: the id names each in turn
             job.id = task_id
         failure = await _draw(ctx, request, job)

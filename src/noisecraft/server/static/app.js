@@ -201,6 +201,12 @@ async function load() {
     PRESETS = (await presets.json()).filter((p) => p.chip).map((p) => ({ ...p, style: p.prompt.replace(/^\{prompt\},?\s*/, "") }));
     renderPresets();
   }
+  const brands = await api("/brands");
+  if (brands.ok) {
+    const names = (await brands.json()).map((b) => b.name);
+    fillSelect($("brand"), ["", ...names], $("brand").value, ["No brand", ...names]);
+    $("brand-field").hidden = names.length === 0;
+  }
   await loadHistory(true);
   setStatus(state.gallery ? "Ready." : "Ready. This server keeps no gallery, so pictures are one-offs with the settings under Advanced.");
 }
@@ -427,7 +433,8 @@ async function imagine(text = null, negative = null) {
     setStatus("Describe the picture you want in the prompt.", true);
     return;
   }
-  const result = await studio("/studio/imagine", { prompt, negative_prompt: negativePrompt }, "Imagining");
+  const brand = $("brand").value || null;
+  const result = await studio("/studio/imagine", { prompt, negative_prompt: negativePrompt, brand }, "Imagining");
   if (!result) return;
   addGrid(result, { text: prompt, negative: negativePrompt });
   setStatus(`Done: 4 pictures in ${result.seconds} s (${seedsText(result.items)}).`);
@@ -1002,7 +1009,7 @@ function readForm() {
     negative_prompt: $("negative_prompt").value.trim(),
     width: number("width"), height: number("height"), steps: number("steps"), cfg_scale: number("cfg_scale"),
     sampler_name: $("sampler_name").value, seed: $("seed").value === "" ? -1 : number("seed"),
-    batch_size: number("batch_size"), n_iter: 1, send_images: true,
+    batch_size: number("batch_size"), n_iter: 1, send_images: true, brand: $("brand").value || null,
   };
 }
 

@@ -7,6 +7,7 @@ import torch
 # `noisecraft serve` and `generate --gallery` keep pictures in the user's data folder: never the real one in tests
 # (child processes inherit this).
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="noisecraft-test-data-")
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="noisecraft-test-config-")  # the local signing identity
 
 # The suite's models are tiny: on a busy 2-core machine one thread is many times faster than two
 # (thread hand-offs dominate kernels of microseconds).

@@ -60,13 +60,13 @@ def _sides(text: str) -> tuple[int, int, int, int]:
 def cmd_generate(args) -> int:
     import time
 
-    from ..brand import brand_prompt, load_kit
+    from ..brand import brand_prompt
     from ..presets import combined
+    from .compose import maker_from
     from ..checkpoints.lora import parse_lora_argument
     from ..devices import DTYPES
     from ..images import open_image, outpaint_canvas
     from ..pipeline import Pipeline
-    from ..pngmeta import save_png
     from ..settings import Request
 
     started = time.perf_counter()
@@ -94,7 +94,8 @@ def cmd_generate(args) -> int:
         head, sep, word = item.rpartition(":")
         path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
         pipe.load_textual_inversion(path, word)
-    kit = load_kit(args.brand) if args.brand else None
+    maker = maker_from(args, pipe)
+    kit = maker.kit
     width, height = args.size if args.size else kit.sizes[0] if kit and kit.sizes else (None, None)
     presets = combined(args.presets) if args.preset or (kit and kit.preset) else []
     prompt, negative = brand_prompt(kit, args.prompt, args.negative, args.preset, presets)
@@ -109,7 +110,7 @@ def cmd_generate(args) -> int:
     if kit is not None:
         images = [kit.finish(image, args.colour_strength) for image in images]
     for image, path in zip(images, paths):
-        save_png(image, path)
+        maker.write(image, path)
         print(path)
     if library is not None:
         request = Request(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale,

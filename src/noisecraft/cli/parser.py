@@ -110,6 +110,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--brand", required=True, metavar="DIR", help="the brand kit")
     check.add_argument("--json", action="store_true", help="print JSON")
 
+    lay = commands.add_parser("layout", help="compose a menu card, social post, story, flyer, sign, before/after or guide",
+                              description="Compose a layout: text and logos set in the kit's fonts and colours (never drawn "
+                                          "by the model), pictures from --image files or drawn from --prompt.")
+    lay.add_argument("template", help="a built-in layout (see `noisecraft layouts`) or a .toml layout file")
+    lay.add_argument("--set", action="append", default=[], metavar="FIELD=TEXT", help="a text field, e.g. headline=\"Summer tune-up $49\" (repeatable)")
+    lay.add_argument("--image", action="append", default=[], metavar="[SLOT=]FILE", help="a picture for an image slot (default slot: the first; repeatable)")
+    lay.add_argument("--prompt", default="", help="draw the image slots not given with --image from this prompt")
+    lay.add_argument("--negative", default="", help="what the drawn pictures must not show")
+    lay.add_argument("--preset", default="", metavar="NAME", help="a preset for the drawn pictures (default: the kit's)")
+    lay.add_argument("--size", default=None, metavar="SIZE", help="another canvas: 1080x1350, A4, Letter, 24x36in (the template lists its sizes)")
+    lay.add_argument("--seed", type=int, default=None, help="slot k is drawn with seed + k (default: random)")
+    lay.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    lay.add_argument("--model", default=None, help="the model that draws (default: the built-in model)")
+    lay.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    lay.add_argument("--out", default=".", help="output .png or .pdf file, or a folder")
+    brand_options(lay)
+
+    commands.add_parser("layouts", help="list the layout templates, their sizes and fields",
+                        description="List the built-in layout templates, their sizes, text fields and image slots.")
+
+    camp = commands.add_parser("campaign", help="make every row of a CSV plan: pictures, layouts, contact sheet, ZIP",
+                               description="Make a campaign from a CSV plan (columns: id, prompt, preset, layout, sizes, "
+                                           "image, seed, and the layouts' text fields). Rerunning skips what is done.")
+    camp.add_argument("plan", help="the plan (.csv)")
+    camp.add_argument("--out", required=True, metavar="DIR", help="the campaign folder")
+    camp.add_argument("--seed", type=int, default=0, help="row k draws with seeds SEED + 10k ... unless its seed column says")
+    camp.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    camp.add_argument("--model", default=None, help="the model that draws (default: the built-in model)")
+    camp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    camp.add_argument("--presets", action="append", default=[], metavar="FILE", help="more presets for the preset column")
+    camp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    brand_options(camp)
+
+    ver = commands.add_parser("verify", help="what a picture says about itself: Content Credentials, watermark, parameters",
+                              description="Check a picture's Content Credentials (C2PA), its invisible watermark and its "
+                                          "generation parameters.")
+    ver.add_argument("image", help="the picture (PNG, JPEG or WebP)")
+    ver.add_argument("--json", action="store_true", help="print JSON")
+
     data = commands.add_parser("data", help="build ready-made datasets", description="Build ready-made training datasets.")
     which = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     emoji = which.add_parser("emoji", help="emoji artwork from npm packages (Noto, Twemoji)")

@@ -1,0 +1,152 @@
+"""Making one on-brand piece: a picture from a prompt, or a layout around pictures, written (signed when asked).
+
+    maker = Maker(Pipeline.from_pretrained("builtin"), kit=load_kit("trattoria/"), sign=True)
+    picture = maker.picture("a bowl of spaghetti", seed=3, size=(1080, 1080))
+    piece = maker.layout("menu-card", {"name": "Spaghetti", "price": "$14"}, prompt="a bowl of spaghetti", seed=3)
+    maker.write(piece, "spaghetti.png")
+
+The CLI's generate/layout and the campaign runner all make their pieces here, so a picture is made the
+same way everywhere: the kit's words, the model at its native pixel count in the wanted aspect, the
+kit's colour step, Lanczos to the wanted size; then the layout; then metadata, watermark and signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..brand import brand_prompt
+from ..errors import UserError
+from ..pngmeta import amend_parameters
+from ..presets import builtin
+from ..settings import Request
+from ..studio import size_for
+from ..upscale import SUBTLE, enlarge, upscale
+
+
+@dataclass
+class Piece:
+    """A finished picture and what went into it: `parts` are the photos and logo a layout placed (for the
+    signature's ingredients), `source` the picture an edit started from."""
+
+    image: Image.Image
+    parts: list[tuple[str, Image.Image]] = field(default_factory=list)
+    source: Image.Image | None = None
+    dpi: int | None = None
+
+
+@dataclass
+class Maker:
+    pipe: object  # a noisecraft Pipeline (None: layouts of given photos only)
+    kit: object = None  # a noisecraft.brand.BrandKit
+    presets: list = field(default_factory=builtin)  # the presets a kit or a row may name
+    colour_strength: float | None = None  # None: the kit's
+    sign: bool = False  # C2PA Content Credentials and the invisible watermark
+    identity: object = None  # a noisecraft.provenance.Identity; None with sign: the local self-signed one
+    steps: int | None = None
+
+    def picture(self, prompt: str, negative: str = "", preset: str = "", seed: int | None = None,
+                size: tuple[int, int] | None = None) -> Image.Image:
+        """A picture of `prompt` on brand, drawn at the model's native pixel count in `size`'s aspect and
+        enlarged (Lanczos) to `size`; its parameters say so."""
+        if self.pipe is None:
+            raise UserError("drawing a picture needs a model; give --model, or give the photos with --image")
+        prompt, negative = brand_prompt(self.kit, prompt, negative, [preset] if preset else [], self.presets)
+        width, height = (None, None)
+        if size is not None:
+            divisor = math.gcd(*size)
+            width, height = size_for(f"{size[0] // divisor}:{size[1] // divisor}", self.pipe.config.image_size,
+                                     self.pipe.size_factor)
+        request = Request(prompt, negative, self.steps, width=width, height=height, seed=seed)
+        settings = self.pipe.resolve(request)
+        image = self.pipe(settings)[0]
+        if size is not None and min(size[0] / image.width, size[1] / image.height) >= 2:
+            # the studio's upscale path: one 2x redraw adds detail at the model's scale, Lanczos does the rest
+            image, _ = upscale(self.pipe, image, 2, dataclasses.replace(request, seed=settings.seed), strength=SUBTLE)
+        if self.kit is not None:
+            image = self.kit.finish(image, self.colour_strength)
+        if size is not None and image.size != tuple(size):
+            text = image.info.get("parameters")
+            drawn = image.size
+            image = enlarge(image, *size)
+            if text:
+                image.info["parameters"] = amend_parameters(text, Size=f"{size[0]}x{size[1]}",
+                                                            Resize=f"Lanczos from {drawn[0]}x{drawn[1]}")
+        return image
+
+    def layout(self, template, texts: dict[str, str], images: dict[str, Image.Image] | None = None, *, prompt: str = "",
+               negative: str = "", preset: str = "", seed: int | None = None) -> Piece:
+        """`template` (a name, file or `Template`) in the kit's style with `texts`; image slots not in `images` are
+        drawn from `prompt` (slot k with seed + k) at their own aspect. Banned words in the texts are refused."""
+        from ..layouts import Style, compose, load_template
+
+        template = load_template(template) if isinstance(template, (str, Path)) else template
+        for name, text in texts.items():
+            if self.kit is not None:
+                self.kit.check_words(text, f"the {name} text")
+        images = dict(images or {})
+        style = self.kit.style() if self.kit is not None else Style.default()
+        empty = compose(template, style, texts, images).empty_slots if prompt else ()
+        parameters = None
+        for k, slot in enumerate(empty):
+            box = _slot_size(template, slot)
+            images[slot] = self.picture(prompt, negative, preset, None if seed is None else seed + k, box)
+            parameters = parameters or images[slot].info.get("parameters")
+        made = compose(template, style, texts, images)
+        if made.empty_slots:
+            raise UserError(f"the {template.name} layout's {', '.join(made.empty_slots)} slot has no picture; give it "
+                            "with --image SLOT=FILE or give a --prompt to draw it")
+        image = made.image
+        if parameters:
+            image.info["parameters"] = amend_parameters(parameters, Layout=template.name)
+        parts = [(f"{name} photo", picture) for name, picture in images.items()]
+        if style.logo is not None:
+            parts.append(("logo", style.logo))
+        return Piece(image, parts, dpi=template.dpi)
+
+    def write(self, piece: Piece | Image.Image, path: str | Path) -> Path:
+        """`write_piece`, signed when this maker signs."""
+        return write_piece(piece, path, self.sign, self.identity)
+
+
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def write_piece(piece: Piece | Image.Image, path: str | Path, sign: bool = False, identity=None) -> Path:
+    """Write `piece` to `path` (.png, .jpg, .webp with the parameters; .pdf at the piece's dpi), atomically;
+    with `sign`: the invisible watermark, then Content Credentials signed by `identity` (None: the local
+    self-signed one) naming the layout's photos and logo as placed ingredients. PDFs are not signed."""
+    from ..layouts import save
+    from ..pngmeta import image_bytes, png_bytes
+    from ..provenance import Ingredient, finish, local_identity, write
+
+    piece = piece if isinstance(piece, Piece) else Piece(piece)
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".pdf":
+        return save(piece.image, path, piece.dpi)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"write the picture as .png, .jpg, .webp or .pdf, not {path.suffix or 'a name without a suffix'}")
+    if not sign:
+        return write(path, image_bytes(piece.image, kind))
+    ingredients = [Ingredient(png_bytes(part, ""), "png", title, "componentOf") for title, part in piece.parts]
+    if piece.source is not None:
+        ingredients.insert(0, Ingredient(png_bytes(piece.source), "png", "source picture", "parentOf"))
+    data = finish(piece.image, kind, identity=identity or local_identity(), title=path.name,
+                  action="c2pa.edited" if piece.source is not None else "c2pa.created", ingredients=tuple(ingredients))
+    return write(path, data)
+
+
+def _slot_size(template, slot: str) -> tuple[int, int]:
+    """The pixel size of image slot `slot` (a grid's cells: its first cell's)."""
+    from ..layouts import ImageSlot
+
+    for box in template.layout(6):
+        if isinstance(box, ImageSlot) and box.name == slot:
+            left, top, right, bottom = box.rect.pixels(template.size)
+            return max(8, right - left), max(8, bottom - top)
+    return template.size

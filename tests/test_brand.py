@@ -182,3 +182,51 @@ def test_server_offers_brand_kits_to_a1111_openai_and_the_studio(tmp_path):
         assert grid.status_code == 200, grid.text
         first = grid.json()["items"][0]
         assert "Brand: Trattoria Sole" in Image.open(io.BytesIO(httpx.get(url + f"/gallery/{first['id']}/image").content)).info["parameters"]
+
+
+def test_server_composes_layouts_with_a_kit(tmp_path):
+    import base64
+    import io
+
+    import httpx
+    import pytesseract
+
+    from noisecraft.gallery import Gallery
+    from noisecraft.provenance import verify
+    from noisecraft.server.context import ServerSettings
+    from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
+
+    init_kit(tmp_path / "kit", "Trattoria Sole")
+    kit = load_kit(tmp_path / "kit")
+    path = model_file(tmp_path, "latent", text=False)
+    photo = io.BytesIO()
+    Image.new("RGB", (200, 150), (90, 140, 60)).save(photo, "PNG")
+    photo = base64.b64encode(photo.getvalue()).decode()
+    with Gallery(tmp_path / "gallery") as gallery, running_server(
+            make_pool({entry_for(path): cached_pipeline(path)}), ServerSettings(brands={kit.name: kit}), gallery=gallery) as url:
+        listed = {t["name"]: t for t in httpx.get(url + "/layouts").json()}
+        assert listed["menu-card"]["texts"] == ["name", "price", "description"] and listed["menu-card"]["images"] == ["photo"]
+        body = {"template": "social-post", "brand": "Trattoria Sole", "texts": {"headline": "Pasta Monday", "cta": "Book now"},
+                "images": {"image": photo}, "sign": False}
+        made = httpx.post(url + "/layouts/render", json=body, timeout=120)
+        assert made.status_code == 200 and made.headers["content-type"] == "image/png", made.text
+        card = Image.open(io.BytesIO(made.content))
+        assert card.size == (1080, 1080)
+        band = card.crop((0, 713, 1080, 1080)).convert("L").resize((540, 184))
+        assert "Pasta Monday" in pytesseract.image_to_string(band)
+        drawn = httpx.post(url + "/layouts/render", json=body | {"images": {}, "prompt": "pizza", "seed": 2,
+                                                                  "sign": True}, timeout=120)
+        assert drawn.status_code == 200, drawn.text
+        (tmp_path / "signed.png").write_bytes(drawn.content)
+        report = verify(tmp_path / "signed.png").as_dict()
+        assert "Layout: social-post" in Image.open(tmp_path / "signed.png").info["parameters"]
+        assert json.dumps(report).count("componentOf") >= 2  # the drawn photo and the logo, placed
+        pdf = httpx.post(url + "/layouts/render", json=body | {"template": "flyer", "size": "Letter", "format": "pdf",
+                                                                "texts": {"headline": "Summer tune-up", "body": "Any AC",
+                                                                          "cta": "Call today"}}, timeout=120)
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        for change, loc in [({"texts": {"headline": "Neon night", "cta": "Go"}}, ["body", "texts", "headline"]),
+                            ({"template": "poster-of-doom"}, ["body", "template"]),
+                            ({"images": {}}, ["body", "images"]), ({"brand": "Acme"}, ["body", "brand"])]:
+            refused = httpx.post(url + "/layouts/render", json=body | change, timeout=60)
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == loc, refused.text

@@ -111,7 +111,8 @@ def _write_png(image: Image.Image, handle, parameters: str | None) -> None:
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text("parameters", parameters)
-    image.save(handle, format="PNG", pnginfo=info)
+    extra = {"dpi": image.info["dpi"]} if "dpi" in image.info else {}  # a print layout's 300 dpi, kept
+    image.save(handle, format="PNG", pnginfo=info, **extra)
 
 
 def read_parameters(path: str | os.PathLike) -> str | None:

@@ -9,10 +9,10 @@
     sheet.py   the contact sheet
 """
 
-from .making import Maker, Piece, write_piece
+from .making import Maker, Piece, compose_piece, needs_redraw, piece_bytes, request_for, slot_size, write_piece
 from .plan import Item, read_plan
 from .run import Outcome, make_item, run_campaign
 from .sheet import contact_sheet
 
-__all__ = ["Item", "Maker", "Outcome", "Piece", "contact_sheet", "make_item", "read_plan", "run_campaign",
+__all__ = ["Item", "Maker", "Outcome", "Piece", "compose_piece", "needs_redraw", "piece_bytes", "contact_sheet", "make_item", "read_plan", "request_for", "run_campaign", "slot_size",
            "write_piece"]

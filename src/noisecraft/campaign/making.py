@@ -39,6 +39,23 @@ class Piece:
     dpi: int | None = None
 
 
+def request_for(kit, presets: list, prompt: str, negative: str, preset: str, seed: int | None,
+                size: tuple[int, int] | None, model: tuple[int, int], steps: int | None = None) -> Request:
+    """What to draw for a picture of `prompt` on brand that will be shown at `size`: the kit's words (and
+    `preset`), at the model's native pixel count in `size`'s aspect (`model`: its native size and size factor)."""
+    prompt, negative = brand_prompt(kit, prompt, negative, [preset] if preset else [], presets)
+    width = height = None
+    if size is not None:
+        divisor = math.gcd(*size)
+        width, height = size_for(f"{size[0] // divisor}:{size[1] // divisor}", *model)
+    return Request(prompt, negative, steps, width=width, height=height, seed=seed)
+
+
+def needs_redraw(drawn: tuple[int, int], size: tuple[int, int] | None) -> bool:
+    """A picture shown at twice its drawn size or more gets the studio's 2x redraw first."""
+    return size is not None and min(size[0] / drawn[0], size[1] / drawn[1]) >= 2
+
+
 @dataclass
 class Maker:
     pipe: object  # a noisecraft Pipeline (None: layouts of given photos only)
@@ -55,16 +72,11 @@ class Maker:
         enlarged (Lanczos) to `size`; its parameters say so."""
         if self.pipe is None:
             raise UserError("drawing a picture needs a model; give --model, or give the photos with --image")
-        prompt, negative = brand_prompt(self.kit, prompt, negative, [preset] if preset else [], self.presets)
-        width, height = (None, None)
-        if size is not None:
-            divisor = math.gcd(*size)
-            width, height = size_for(f"{size[0] // divisor}:{size[1] // divisor}", self.pipe.config.image_size,
-                                     self.pipe.size_factor)
-        request = Request(prompt, negative, self.steps, width=width, height=height, seed=seed)
+        request = request_for(self.kit, self.presets, prompt, negative, preset, seed, size,
+                              (self.pipe.config.image_size, self.pipe.size_factor), self.steps)
         settings = self.pipe.resolve(request)
         image = self.pipe(settings)[0]
-        if size is not None and min(size[0] / image.width, size[1] / image.height) >= 2:
+        if needs_redraw(image.size, size):
             # the studio's upscale path: one 2x redraw adds detail at the model's scale, Lanczos does the rest
             image, _ = upscale(self.pipe, image, 2, dataclasses.replace(request, seed=settings.seed), strength=SUBTLE)
         if self.kit is not None:
@@ -93,55 +105,75 @@ class Maker:
         empty = compose(template, style, texts, images).empty_slots if prompt else ()
         parameters = None
         for k, slot in enumerate(empty):
-            box = _slot_size(template, slot)
+            box = slot_size(template, slot)
             images[slot] = self.picture(prompt, negative, preset, None if seed is None else seed + k, box)
             parameters = parameters or images[slot].info.get("parameters")
-        made = compose(template, style, texts, images)
-        if made.empty_slots:
-            raise UserError(f"the {template.name} layout's {', '.join(made.empty_slots)} slot has no picture; give it "
-                            "with --image SLOT=FILE or give a --prompt to draw it")
-        image = made.image
-        if parameters:
-            image.info["parameters"] = amend_parameters(parameters, Layout=template.name)
-        parts = [(f"{name} photo", picture) for name, picture in images.items()]
-        if style.logo is not None:
-            parts.append(("logo", style.logo))
-        return Piece(image, parts, dpi=template.dpi)
+        return compose_piece(template, style, texts, images, parameters)
 
     def write(self, piece: Piece | Image.Image, path: str | Path) -> Path:
         """`write_piece`, signed when this maker signs."""
         return write_piece(piece, path, self.sign, self.identity)
 
 
-FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+def compose_piece(template, style, texts: dict[str, str], images: dict[str, Image.Image],
+                  parameters: str | None = None) -> Piece:
+    """The layout composed, every image slot filled (else one sentence naming the empty ones), its parameters those
+    of the picture drawn for it (`parameters`) with the layout named, its photos and logo as its parts."""
+    from ..layouts import compose
+
+    made = compose(template, style, texts, images)
+    if made.empty_slots:
+        raise UserError(f"the {template.name} layout's {', '.join(made.empty_slots)} slot has no picture; give it "
+                        "one, or give a prompt to draw it", field="images")
+    if parameters:
+        made.image.info["parameters"] = amend_parameters(parameters, Layout=template.name)
+    parts = [(f"{name} photo", picture) for name, picture in images.items()]
+    if style.logo is not None:
+        parts.append(("logo", style.logo))
+    return Piece(made.image, parts, dpi=template.dpi)
+
+
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".pdf": "pdf"}
+
+
+def piece_bytes(piece: Piece | Image.Image, kind: str = "png", sign: bool = False, identity=None, title: str = "") -> bytes:
+    """`piece` as a png, jpeg, webp or pdf file's bytes, with its parameters; with `sign`: the invisible watermark,
+    then Content Credentials signed by `identity` (None: the local self-signed one) naming the layout's photos and
+    logo as placed ingredients (and an edit's source as its parent). PDFs are not signed."""
+    from ..pngmeta import image_bytes, png_bytes
+    from ..provenance import Ingredient, finish, local_identity
+
+    piece = piece if isinstance(piece, Piece) else Piece(piece)
+    if kind == "pdf":
+        import io
+
+        buffer = io.BytesIO()
+        dpi = float(piece.dpi or 300)
+        piece.image.convert("RGB").save(buffer, "PDF", resolution=dpi, quality=95, subsampling=0, title=title or "layout")
+        return buffer.getvalue()
+    if not sign:
+        return image_bytes(piece.image, kind)
+    ingredients = [Ingredient(png_bytes(part, ""), "png", name, "componentOf") for name, part in piece.parts]
+    if piece.source is not None:
+        ingredients.insert(0, Ingredient(png_bytes(piece.source), "png", "source picture", "parentOf"))
+    return finish(piece.image, kind, identity=identity or local_identity(), title=title or f"noisecraft.{kind}",
+                  action="c2pa.edited" if piece.source is not None else "c2pa.created", ingredients=tuple(ingredients))
 
 
 def write_piece(piece: Piece | Image.Image, path: str | Path, sign: bool = False, identity=None) -> Path:
-    """Write `piece` to `path` (.png, .jpg, .webp with the parameters; .pdf at the piece's dpi), atomically;
-    with `sign`: the invisible watermark, then Content Credentials signed by `identity` (None: the local
-    self-signed one) naming the layout's photos and logo as placed ingredients. PDFs are not signed."""
-    from ..layouts import save
-    from ..pngmeta import image_bytes, png_bytes
-    from ..provenance import Ingredient, finish, local_identity, write
+    """`piece_bytes` written to `path` (.png, .jpg, .webp or .pdf by its suffix) atomically."""
+    from ..provenance import write
 
-    piece = piece if isinstance(piece, Piece) else Piece(piece)
     path = Path(path).expanduser()
-    if path.suffix.lower() == ".pdf":
-        return save(piece.image, path, piece.dpi)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"write the picture as .png, .jpg, .webp or .pdf, not {path.suffix or 'a name without a suffix'}")
-    if not sign:
-        return write(path, image_bytes(piece.image, kind))
-    ingredients = [Ingredient(png_bytes(part, ""), "png", title, "componentOf") for title, part in piece.parts]
-    if piece.source is not None:
-        ingredients.insert(0, Ingredient(png_bytes(piece.source), "png", "source picture", "parentOf"))
-    data = finish(piece.image, kind, identity=identity or local_identity(), title=path.name,
-                  action="c2pa.edited" if piece.source is not None else "c2pa.created", ingredients=tuple(ingredients))
-    return write(path, data)
+    if not path.parent.is_dir():
+        raise UserError(f"the folder {path.parent} does not exist; make it or choose another --out")
+    return write(path, piece_bytes(piece, kind, sign, identity, path.name))
 
 
-def _slot_size(template, slot: str) -> tuple[int, int]:
+def slot_size(template, slot: str) -> tuple[int, int]:
     """The pixel size of image slot `slot` (a grid's cells: its first cell's)."""
     from ..layouts import ImageSlot
 

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from ..version import __version__
 from .context import Context, ServerSettings
 from .errors import JSONResponse, install_handlers
-from .routes import a1111, docs, gallery, openai, page, queue, studio
+from .routes import a1111, docs, gallery, layouts, openai, page, queue, studio
 from .security import ApiKey, Guard, SecurityHeaders, documented_auth
 from .worker import WorkerPool
 
@@ -29,7 +29,7 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library
     app.state.pool = pool
     install_handlers(app)
     openai.install(app)
-    for router in (a1111.router, openai.router, studio.router, gallery.router, queue.router, page.api):
+    for router in (a1111.router, openai.router, studio.router, gallery.router, layouts.router, queue.router, page.api):
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
     docs.install(app)

@@ -396,3 +396,54 @@ def test_the_api_key_works_with_the_studio(browser, tmp_path):  # noqa: F811
         assert not page.errors
         page.close()
 
+
+
+def test_brand_picker_and_put_in_a_layout(browser, tmp_path):  # noqa: F811
+    """Pick a brand kit, imagine, open a picture, put it in a social post: the composed PNG has the headline
+    (read back by OCR), the kit's colour band, the brand words in the pictures' prompts, and a signature."""
+    import pytesseract
+
+    from noisecraft.brand import init_kit, load_kit
+    from noisecraft.provenance import verify
+
+    init_kit(tmp_path / "kit", "Trattoria Sole")
+    kit = load_kit(tmp_path / "kit")
+    settings = ServerSettings(brands={kit.name: kit})
+    with Gallery(tmp_path / "gallery") as gallery, \
+            running_server(make_pool({entry_for(None): cached_pipeline(None)}), settings, gallery=gallery) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        page = open_page(browser, url)
+        page.wait_for_selector("#brand-field", state="visible")  # the picker shows once /brands has named a kit
+        page.select_option("#brand", "Trattoria Sole")
+        grid = imagine(page, f"pizza --seed 3 {STEPS}")
+        assert "colour palette of brick red" in item(client, grid[0])["prompt"]
+        page.click(f".grid-block .cell[data-id='{grid[0]}']")
+        page.click(f"button.op[aria-label='Put picture #{grid[0]} in a layout']")
+        page.select_option("#layout-template", "social-post")
+        page.fill("#layout-text-headline", "Pizza Friday")
+        page.fill("#layout-text-cta", "Order now")
+        page.check("#layout-sign")
+        with page.expect_response(lambda r: r.url.endswith("/layouts/render")) as answer:
+            page.click("#layout-submit")
+        page.wait_for_selector("#layout-status:text('Done: social-post')", timeout=60_000)
+        assert page.locator("#layout-result").evaluate("img => img.naturalWidth") == 1080  # shown in the dialog
+        page.screenshot(path=str(ARTIFACTS / "studio-layout.png"), full_page=True)
+        assert answer.value.status == 200
+        shown = page.locator("#layout-result").evaluate("""img => {
+          const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+          const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+          return Array.from(g.getImageData(0, 0, c.width, c.height).data); }""")
+        post = Image.fromarray(np.array(shown, dtype=np.uint8).reshape(1080, 1080, 4)[..., :3])
+        band = post.crop((0, 713, 780, 1080)).convert("L").resize((390, 184))
+        assert "Pizza Friday" in pytesseract.image_to_string(band)
+        patch = np.asarray(post)[1050:1070, 520:560].reshape(-1, 3).mean(axis=0)  # the band, in the kit's primary
+        assert np.abs(patch - np.array(kit.palette["primary"])).max() <= 3  # (the watermark moves pixels a little)
+        sent = answer.value.request.post_data_json  # what the page asked for, asked again: the file is signed
+        assert sent["items"] == {"image": grid[0]} and sent["brand"] == "Trattoria Sole" and sent["sign"] is True
+        (tmp_path / "post.png").write_bytes(client.post("/layouts/render", json=sent).content)
+        assert verify(tmp_path / "post.png").as_dict()["manifest"]["state"] == "untrusted"  # the local identity
+        page.fill("#layout-text-headline", "Neon Friday")
+        page.click("#layout-submit")
+        page.wait_for_selector("#layout-status.error", timeout=30_000)
+        assert "bans" in page.text_content("#layout-status")
+        assert page.errors == []

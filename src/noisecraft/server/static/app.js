@@ -623,6 +623,7 @@ function addSingle(item, { focus = false } = {}) {
     group("Upscale",
           opButton("Upscale (Subtle)", null, () => change(item, "upscale", { mode: "subtle" })),
           opButton("Upscale (Creative)", null, () => change(item, "upscale", { mode: "creative" }))),
+    group("Layout", opButton("Put in a layout…", `Put picture #${item.id} in a layout`, () => openLayout(item))),  // layout.js
   );
   for (const button of ops.querySelectorAll("button.op")) button.dataset.id = item.id;
 

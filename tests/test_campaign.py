@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -105,13 +104,13 @@ def test_a_killed_campaign_resumes_and_ends_as_an_uninterrupted_one(setup, tmp_p
     os.kill(process.pid, signal.SIGKILL)  # after the first row is recorded, before the campaign is done
     process.wait()
     assert not (cut / "campaign.zip").exists()
-    assert not [p for p in cut.iterdir() if p.name.endswith(".tmp")] or True  # leftovers are temp files, never half pictures
     for path in cut.glob("*.png"):
         Image.open(path).load()  # every picture there is whole
     resumed = campaign(setup, cut, "--no-sign")
     assert resumed.returncode == 1 and "already done" in resumed.stdout
     done = int(resumed.stdout.split(" made, ")[1].split(" already")[0])
     assert done >= 1
+    assert not [p.name for p in cut.iterdir() if p.name.endswith(".tmp")]  # a killed run's temporary files are gone
     for path in whole.glob("*.png"):
         if not path.name.startswith("contact"):
             assert (cut / path.name).read_bytes() == path.read_bytes(), path.name
@@ -136,3 +135,40 @@ def test_layout_command_writes_png_and_pdf_and_refuses_clearly(setup, tmp_path):
                         (["poster-of-doom"], "poster-of-doom")]:
         refused = cli("layout", *args, "--no-sign", "--out", tmp_path / "x.png")
         assert refused.returncode == 2 and words in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_signed_pictures_and_a_signed_edit_keeps_its_source_as_parent(setup, tmp_path):
+    """generate --sign writes Content Credentials c2pa's own Reader accepts (untrusted: the local identity);
+    img2img and upscale of that picture record it, manifest and all, as their parent."""
+    import c2pa
+
+    from noisecraft.provenance import verify
+
+    root, model = setup
+    first = tmp_path / "first.png"
+    made = cli("generate", "pizza", "--model", model, "--size", "256x256", "--seed", "1", "--sign", "--out", first,
+               "--device", "cpu")
+    assert made.returncode == 0, made.stderr
+    report = verify(first)
+    assert report.state == "untrusted" and report.as_dict()["watermark"]["found"]
+    with open(first, "rb") as handle:
+        reader = c2pa.Reader("image/png", handle)
+        assert "c2pa.created" in reader.json() and "trainedAlgorithmicMedia" in reader.json()
+    edit = tmp_path / "edit.png"
+    assert cli("generate", "pizza", "--model", model, "--init-image", first, "--strength", "0.5", "--seed", "2",
+               "--sign", "--out", edit, "--device", "cpu").returncode == 0
+    small, bigger = tmp_path / "small.png", tmp_path / "bigger.png"
+    assert cli("generate", "pizza", "--model", model, "--size", "64x64", "--sign", "--out", small,
+               "--device", "cpu").returncode == 0
+    assert cli("upscale", small, "--scale", "2", "--strength", "0", "--model", model, "--sign", "--out", bigger,
+               "--device", "cpu").returncode == 0
+    for path, action in [(edit, "c2pa.edited"), (bigger, "c2pa.resized")]:
+        text = verify(path).text()
+        assert action in text and "manifests in the file: 2" in text
+        assert "source picture (parentOf, image/png; its own Content Credentials" in text
+    unsigned = tmp_path / "plain.png"
+    assert cli("generate", "pizza", "--model", model, "--seed", "1", "--out", unsigned, "--device", "cpu").returncode == 0
+    assert verify(unsigned).state == "none"
+    shown = cli("verify", unsigned)
+    assert shown.returncode == 0 and "Content Credentials: none" in shown.stdout
+    assert cli("verify", tmp_path / "missing.png").returncode == 2

@@ -17,7 +17,7 @@ TESTS = Path(__file__).parent
 # Each module's floor (the longest matching prefix decides); a module may import from its own floor
 # (without circles) and from the floors below, never from above.
 FLOORS = {
-    "noisecraft.version": 0, "noisecraft.errors": 0,
+    "noisecraft.version": 0, "noisecraft.errors": 0, "noisecraft.files": 0,
     "noisecraft.devices": 1, "noisecraft.images": 1, "noisecraft.pngmeta": 1, "noisecraft.presets": 1,
     "noisecraft.schedules": 2, "noisecraft.samplers": 2, "noisecraft.denoiser": 2, "noisecraft.latents": 2,
     "noisecraft.models": 2, "noisecraft.text": 2,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
+
+from .files import replacing
 
 # A1111 quotes a value that holds a comma, colon or quote, as JSON does.
 _NEEDS_QUOTES = re.compile(r'[,:"\n]')
@@ -95,14 +96,8 @@ def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: str | None = None) -> Path:
     """Write `image` as PNG with its `parameters` chunk, atomically (temp file, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _write_png(image, handle, parameters)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as handle:
+        _write_png(image, handle, parameters)
     return path
 
 

@@ -31,11 +31,13 @@ from ..upscale import SUBTLE, enlarge, upscale
 @dataclass
 class Piece:
     """A finished picture and what went into it: `parts` are the photos and logo a layout placed (for the
-    signature's ingredients), `source` the picture an edit started from."""
+    signature's ingredients), `source` the file an edit started from (its bytes as read, so a signed source's
+    Content Credentials become this picture's parent) and `action` what the edit was (c2pa.edited, c2pa.resized)."""
 
     image: Image.Image
     parts: list[tuple[str, Image.Image]] = field(default_factory=list)
-    source: Image.Image | None = None
+    source: bytes | None = None
+    action: str = "c2pa.edited"  # with a source
     dpi: int | None = None
 
 
@@ -155,9 +157,20 @@ def piece_bytes(piece: Piece | Image.Image, kind: str = "png", sign: bool = Fals
         return image_bytes(piece.image, kind)
     ingredients = [Ingredient(png_bytes(part, ""), "png", name, "componentOf") for name, part in piece.parts]
     if piece.source is not None:
-        ingredients.insert(0, Ingredient(png_bytes(piece.source), "png", "source picture", "parentOf"))
+        ingredients.insert(0, Ingredient(piece.source, _format_of(piece.source), "source picture", "parentOf"))
     return finish(piece.image, kind, identity=identity or local_identity(), title=title or f"noisecraft.{kind}",
-                  action="c2pa.edited" if piece.source is not None else "c2pa.created", ingredients=tuple(ingredients))
+                  action=piece.action if piece.source is not None else "c2pa.created", ingredients=tuple(ingredients))
+
+
+def _format_of(data: bytes) -> str:
+    """png, jpeg or webp, by the file's first bytes (a source of another kind is one sentence)."""
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise UserError("a signed edit's source must be a PNG, JPEG or WebP file")
 
 
 def write_piece(piece: Piece | Image.Image, path: str | Path, sign: bool = False, identity=None) -> Path:

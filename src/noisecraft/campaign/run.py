@@ -9,16 +9,15 @@ a text too long for its box, a missing photo) is recorded with its one-sentence 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import replacing, write_bytes
 from .making import Maker, Piece
 from .plan import Item, read_plan, slug
 from .sheet import contact_sheet
@@ -33,19 +32,6 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # item id -> why
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _texts_for(template, texts: dict[str, str]) -> dict[str, str]:
@@ -109,7 +95,7 @@ def _load_manifest(path: Path) -> dict:
 
 
 def _write_manifest(path: Path, info: dict, rows: dict) -> None:
-    _atomic(path, json.dumps({**info, "items": list(rows.values())}, indent=2).encode())
+    write_bytes(path, json.dumps({**info, "items": list(rows.values())}, indent=2).encode())
 
 
 def _done(row: dict | None, key: str, out: Path) -> bool:
@@ -130,6 +116,8 @@ def run_campaign(plan: str | Path, out: str | Path, maker: Maker, *, context: st
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot make the folder {out} ({error.strerror or error}); choose another --out") from None
+    for leftover in out.glob(".*.tmp"):  # a killed run's half-written file: never renamed into place
+        leftover.unlink(missing_ok=True)
     manifest = out / "manifest.json"
     rows = _load_manifest(manifest)
     info = {"plan": str(Path(plan).name), "brand": maker.kit.name if maker.kit else None,
@@ -178,13 +166,8 @@ def _sheets_and_zip(out: Path, files: list[Path], info: dict, manifest: Path) ->
     title = f"{info['brand'] or 'noisecraft'} campaign: {len(files)} picture(s) from {info['plan']}"
     sheet = contact_sheet(pictures, title)
     for suffix, kind, options in ((".png", "PNG", {}), (".pdf", "PDF", {"resolution": 150.0})):
-        target = out / f"contact-sheet{suffix}"
-        fd, tmp = tempfile.mkstemp(prefix=".contact.", dir=out)
-        with os.fdopen(fd, "wb") as handle:
+        with replacing(out / f"contact-sheet{suffix}") as handle:
             sheet.save(handle, kind, **options)
-        os.replace(tmp, target)
-    fd, tmp = tempfile.mkstemp(prefix=".campaign.", suffix=".zip", dir=out)
-    with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+    with replacing(out / "campaign.zip") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
         for path in [*files, manifest, out / "contact-sheet.png", out / "contact-sheet.pdf"]:
             archive.write(path, path.name)
-    os.replace(tmp, out / "campaign.zip")

@@ -16,7 +16,7 @@ def maker_from(args, pipe=None):
     from ..campaign import Maker
     from ..presets import combined
 
-    kit = load_kit(args.brand) if args.brand else None
+    kit = load_kit(args.brand) if getattr(args, "brand", None) else None  # upscale has no --brand
     sign = args.sign if args.sign is not None else bool(kit and kit.signing.sign)
     identity = None
     if args.certificate or args.key:
@@ -33,7 +33,7 @@ def maker_from(args, pipe=None):
         from ..provenance import load_identity
 
         identity = load_identity(certificate, key)
-    return Maker(pipe, kit=kit, presets=combined(getattr(args, "presets", [])), colour_strength=args.colour_strength,
+    return Maker(pipe, kit=kit, presets=combined(getattr(args, "presets", [])), colour_strength=getattr(args, "colour_strength", None),
                  sign=sign, identity=identity, steps=getattr(args, "steps", None))
 
 

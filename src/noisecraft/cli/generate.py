@@ -62,6 +62,7 @@ def cmd_generate(args) -> int:
 
     from ..brand import brand_prompt
     from ..presets import combined
+    from ..campaign import Piece
     from .compose import maker_from
     from ..checkpoints.lora import parse_lora_argument
     from ..devices import DTYPES
@@ -110,7 +111,7 @@ def cmd_generate(args) -> int:
     if kit is not None:
         images = [kit.finish(image, args.colour_strength) for image in images]
     for image, path in zip(images, paths):
-        maker.write(image, path)
+        maker.write(Piece(image, source=Path(args.init_image).read_bytes() if init is not None else None), path)
         print(path)
     if library is not None:
         request = Request(settings.prompt, settings.negative_prompt, settings.steps, settings.guidance_scale,
@@ -130,9 +131,11 @@ def cmd_upscale(args) -> int:
     from ..checkpoints.upscaler import load_upscaler
     from ..images import open_image
     from ..pipeline import Pipeline
-    from ..pngmeta import parse_parameters, save_png
+    from ..campaign import Piece
+    from ..pngmeta import parse_parameters
     from ..settings import Request
     from ..upscale import RESAMPLERS, SUBTLE, upscale
+    from .compose import maker_from
 
     target = check_out(args.out)
     image = open_image(args.image, "the picture")
@@ -146,7 +149,7 @@ def cmd_upscale(args) -> int:
     stem = Path(args.image).stem
     path = target if target.suffix.lower() == ".png" else target / f"{stem}-{args.scale:g}x.png"
     path = output_paths(path, stem, [0])[0]
-    save_png(picture, path)
+    maker_from(args).write(Piece(picture, source=Path(args.image).read_bytes(), action="c2pa.resized"), path)
     print(path)
     print(f"{how}", file=sys.stderr)
     return 0

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--seed", type=int, default=None, help="tile k is drawn with seed + k (default: random)")
     up.add_argument("--out", default=".", help="output .png file, or a folder")
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    up.add_argument("--sign", action=argparse.BooleanOptionalAction, default=False,
+                    help="Content Credentials (with the picture as its parent) and an invisible watermark")
+    up.add_argument("--certificate", default=None, metavar="PEM", help="sign with this certificate chain (default: a local identity)")
+    up.add_argument("--key", default=None, metavar="PEM", help="the private key of --certificate")
 
     train = commands.add_parser("train", help="train a model from a TOML config", description="Train a VAE or a pixel/latent UNet.")
     train.add_argument("config", help="training config (.toml); see configs/")

@@ -6,13 +6,12 @@ file. A PDF page is the picture at `dpi`: A4 at 300 dpi (2480 x 3508 pixels) is 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import UserError
+from ..files import replacing
 from .render import render
 from .style import Style
 from .template import Template
@@ -31,14 +30,8 @@ def save(image: Image.Image, path: str | Path, dpi: int | None = None) -> Path:
     dpi = dpi or round(image.info.get("dpi", (300, 300))[0])
     options = ({"dpi": (dpi, dpi)} if kind == "PNG"
                else {"resolution": float(dpi), "quality": 95, "subsampling": 0, "title": path.stem})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.convert("RGB").save(handle, format=kind, **options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as handle:
+        image.convert("RGB").save(handle, format=kind, **options)
     return path
 
 

@@ -11,11 +11,11 @@ signature, which is what verify is for).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from ..files import write_bytes
 from ..pngmeta import image_bytes, parse_parameters
 from .signing import mime_type, sign
 from .watermark import embed, new_mark_id
@@ -49,16 +49,4 @@ def finish(image: Image.Image, format: str = "png", quality: int | None = None, 
 def write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
     """Write `data` to `path` atomically: a temp file in the same folder, fsync, then rename over
     `path` (a reader sees the old file or the new one, never half of one); the file gets `mode`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, data, mode)

@@ -51,7 +51,7 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
     try:
         drawn = schemas.to_request(req, ctx.settings.presets, kit)
     except UserError as error:
-        raise FieldError(error.field or "styles", str(error)) from None
+        raise FieldError("prompt" if error.field == "prompt" else "styles", str(error)) from None  # a banned word, a preset
     job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits,
               upscale=upscale, touch_up=kit.finish if kit else None)
     if req.force_task_id:

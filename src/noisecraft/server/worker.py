@@ -219,6 +219,10 @@ class WorkerPool:
         """Some loaded Pipeline (for what all models share)."""
         return next((w.pipe for w in self.workers if w.pipe is not None), None)
 
+    def traits(self, entry: ModelEntry | None = None):
+        """The loaded Pipeline of `entry` (default: the current model), else any loaded one: for its sizes and defaults."""
+        return self.loaded(entry or self.current) or self.any_pipeline()
+
     def resolve(self, pipe, request: Request, init_image=None, mask_image=None, limits: Limits | None = None) -> Future:
         """`pipe.resolve(...)` in the pool's one resolving thread (it may run the text encoder, for the subject)."""
         return self._resolver.submit(pipe.resolve, request, init_image=init_image, mask_image=mask_image, limits=limits)

@@ -99,7 +99,7 @@ async def _gallery_picture(ctx: Context, item_id: int, slot: str):
 async def _drawn(ctx: Context, request: Request, kit, body: LayoutBody, k: int, size: tuple[int, int]):
     """(the picture for one empty slot drawn through the queue at the slot's aspect, None) or (None, the refusal)."""
     pool = ctx.pool
-    pipe = pool.loaded(pool.current) or pool.any_pipeline()
+    pipe = pool.traits()
     try:
         wanted = request_for(kit, ctx.settings.presets, body.prompt, "", "", None if body.seed is None else body.seed + k,
                              size, (pipe.config.image_size, pipe.size_factor))

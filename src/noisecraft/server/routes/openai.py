@@ -90,7 +90,7 @@ async def generations(request: Request, body: GenerationsBody = Body(...), ctx: 
     kit, prompt, negative = _brand(ctx, body.brand, prompt)
     _check_output(body.response_format, body.output_format, body.output_compression, body.background)
     target, drawn = _sizes(ctx, entry, body.size, None)
-    pipe = ctx.pool.loaded(entry) or ctx.pool.any_pipeline()
+    pipe = ctx.pool.traits(entry)
     steps = max(1, round(pipe.defaults["steps"] * _quality(body.quality)))
     job = Job(entry, request=DrawRequest(prompt, negative, steps=steps, width=drawn[0], height=drawn[1], num_images=n,
                                          batch_size=n),
@@ -241,7 +241,7 @@ def _sizes(ctx: Context, entry, size: str, like: tuple[int, int] | None):
     """(the size asked for, the size the model draws: its native pixel count at that aspect ratio)."""
     if size not in SIZES:
         raise Refused(400, f"size must be one of {', '.join(SIZES)}, not {size!r}", "size")
-    pipe = ctx.pool.loaded(entry) or ctx.pool.any_pipeline()
+    pipe = ctx.pool.traits(entry)
     native, factor = pipe.config.image_size, pipe.size_factor
     if size == "auto":
         target = like or (native, native)

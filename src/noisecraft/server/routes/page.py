@@ -43,7 +43,7 @@ async def brands(ctx: Context = Depends(context)):
 async def server_info(ctx: Context = Depends(context)):
     """What the web page needs: the model's sizes and defaults, and the server's limits."""
     pool, limits = ctx.pool, ctx.settings.limits
-    pipe = pool.loaded(pool.current) or pool.any_pipeline()
+    pipe = pool.traits()
     defaults = pipe.defaults
     return {"model": pool.current.title, "models": [e.title for e in pool.catalog.entries],
             "image_size": pipe.config.image_size, "size_factor": pipe.size_factor, "max_side": limits.side(pipe.config.image_size),

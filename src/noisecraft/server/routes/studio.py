@@ -60,7 +60,7 @@ async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = De
         prompt, flags = studio.parse(body.prompt)
     except UserError as error:
         raise FieldError("prompt", str(error)) from None
-    pipe = ctx.pool.loaded(ctx.pool.current) or ctx.pool.any_pipeline()
+    pipe = ctx.pool.traits()
     step = studio.imagine(prompt, flags, pipe.config.image_size, pipe.size_factor, pipe.defaults)
     kit = brand_of(ctx, body.brand)
     try:
@@ -82,7 +82,7 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
         return missing(item_id)
     parent = await run_in_threadpool(load_picture, ctx.gallery.path(item), f"gallery picture {item.id}")
     made = request_of(item)
-    pipe = ctx.pool.loaded(ctx.pool.current) or ctx.pool.any_pipeline()
+    pipe = ctx.pool.traits()
     try:
         if operation == "upscale":
             mode = body.mode or "subtle"

@@ -16,17 +16,19 @@ from pathlib import Path
 
 @contextmanager
 def replacing(path: str | os.PathLike, mode: int | None = None):
-    """A binary handle whose bytes become `path` when the block ends (synced first; with `mode` if given);
-    if the block raises, `path` is untouched and the temporary file removed."""
+    """A binary handle whose bytes become `path` when the block ends (synced first; with `mode`, by default
+    what a plain open() would give: 0o666 less the umask); if the block raises, `path` is untouched and the
+    temporary file removed."""
     path = Path(path)
+    if mode is None:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -38,3 +40,9 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -
     with replacing(path, mode) as handle:
         handle.write(data)
     return Path(path)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

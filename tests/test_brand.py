@@ -230,3 +230,52 @@ def test_server_composes_layouts_with_a_kit(tmp_path):
                             ({"images": {}}, ["body", "images"]), ({"brand": "Acme"}, ["body", "brand"])]:
             refused = httpx.post(url + "/layouts/render", json=body | change, timeout=60)
             assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == loc, refused.text
+
+
+def test_a_kit_that_signs_signs_its_pictures_over_http(tmp_path):
+    """A kit with sign = true (the starter's): A1111, OpenAI and studio pictures made with it come back, and
+    are kept in the gallery, as one signed file each; without the kit nothing is signed; a studio edit of a
+    signed picture records it as its parent."""
+    import base64
+    import io
+
+    import httpx
+    import openai
+
+    from noisecraft.gallery import Gallery
+    from noisecraft.provenance import verify
+    from noisecraft.server.context import ServerSettings
+    from noisecraft.settings import Limits
+    from server_fixtures import cached_pipeline, entry_for, make_pool, model_file, running_server
+
+    init_kit(tmp_path / "kit", "Trattoria Sole")
+    kit = load_kit(tmp_path / "kit")
+    path = model_file(tmp_path, "latent", text=False)
+    with Gallery(tmp_path / "gallery") as gallery, running_server(
+            make_pool({entry_for(path): cached_pipeline(path)}),
+            ServerSettings(brands={kit.name: kit}, limits=Limits(max_side=512)), gallery=gallery) as url:
+        body = {"prompt": "pizza", "width": 256, "height": 256, "steps": 2, "seed": 1}
+        signed = httpx.post(url + "/sdapi/v1/txt2img", json=body | {"brand": kit.name}, timeout=120).json()
+        plain = httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=120).json()
+        (tmp_path / "signed.png").write_bytes(base64.b64decode(signed["images"][0]))
+        (tmp_path / "plain.png").write_bytes(base64.b64decode(plain["images"][0]))
+        report = verify(tmp_path / "signed.png")
+        assert report.state == "untrusted" and report.as_dict()["watermark"]["found"]
+        assert verify(tmp_path / "plain.png").state == "none"
+        newest = httpx.get(url + "/gallery").json()["items"]
+        kept = httpx.get(url + newest[1]["image_url"]).content  # the signed one, as the gallery keeps it
+        assert kept == base64.b64decode(signed["images"][0])
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        made = client.images.generate(prompt="pizza", size="256x256", extra_body={"brand": kit.name})
+        (tmp_path / "openai.png").write_bytes(base64.b64decode(made.data[0].b64_json))
+        assert verify(tmp_path / "openai.png").state == "untrusted"
+        grid = httpx.post(url + "/studio/imagine", json={"prompt": "pizza --seed 3", "brand": kit.name}, timeout=120).json()
+        first = grid["items"][0]
+        picture = httpx.get(url + first["image_url"]).content
+        (tmp_path / "grid.png").write_bytes(picture)
+        assert verify(tmp_path / "grid.png").state == "untrusted"
+        assert Image.open(io.BytesIO(picture)).info["parameters"].startswith("pizza, warm natural light")
+        bigger = httpx.post(url + f"/studio/{first['id']}/upscale", json={}, timeout=120).json()["items"][0]
+        (tmp_path / "bigger.png").write_bytes(httpx.get(url + bigger["image_url"]).content)
+        text = verify(tmp_path / "bigger.png").text()
+        assert "manifests in the file: 2" in text and "source picture (parentOf" in text

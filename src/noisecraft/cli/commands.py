@@ -111,4 +111,5 @@ def cmd_serve(args) -> int:
                               queue_size=args.queue_size,
                               max_images=args.max_images, max_side=args.max_size, gallery=args.gallery,
                               gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler,
-                              presets=args.presets, brands=args.brand))
+                              presets=args.presets, brands=args.brand, sign=args.sign, certificate=args.certificate,
+                              key=args.key))

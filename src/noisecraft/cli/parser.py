@@ -204,5 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-gallery", action="store_true", help="keep pictures for this session only (in a temporary folder, removed at exit)")
     srv.add_argument("--presets", action="append", default=[], metavar="FILE", help="offer these presets too (A1111 styles.csv, Fooocus .json, noisecraft .toml)")
     srv.add_argument("--brand", action="append", default=[], metavar="DIR", help="offer this brand kit, by its name (repeatable)")
+    srv.add_argument("--sign", action="store_true", help="sign every picture (Content Credentials + watermark); a kit "
+                                                        "with sign = true signs its own pictures anyway")
+    srv.add_argument("--certificate", default=None, metavar="PEM", help="sign with this certificate chain (default: a local identity)")
+    srv.add_argument("--key", default=None, metavar="PEM", help="the private key of --certificate")
     srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
     return parser

@@ -18,15 +18,16 @@ REQUEST_FIELDS = {f.name for f in dataclasses.fields(Request)}
 
 
 def add_picture(gallery: Gallery, image: Image.Image, request: Request, *, model: str, source: str,
-                operation: str = "generate", parent_id: int | None = None, strength: float | None = None) -> Item:
-    """Store `image` (PNG with its parameters); its settings are `request` as drawn: the seed its parameters
-    name, one picture, its own size."""
+                operation: str = "generate", parent_id: int | None = None, strength: float | None = None,
+                data: bytes | None = None) -> Item:
+    """Store `image` (PNG with its parameters, or `data`: its PNG file as made, e.g. signed); its settings are
+    `request` as drawn: the seed its parameters name, one picture, its own size."""
     text = image.info.get("parameters") or ""
     seed = parse_parameters(text).get("Seed") if text else None
     seed = int(seed) if str(seed or "").isdigit() else request.seed
     made = dataclasses.replace(request, seed=seed, num_images=1, batch_size=1, width=image.width, height=image.height,
                                strength=strength if strength is not None else request.strength)
-    return gallery.add(png_bytes(image), prompt=request.prompt, negative_prompt=request.negative_prompt, model=model,
+    return gallery.add(data if data is not None else png_bytes(image), prompt=request.prompt, negative_prompt=request.negative_prompt, model=model,
                        seed=seed, width=image.width, height=image.height, settings=dataclasses.asdict(made),
                        source=source, parent_id=parent_id, operation=operation, strength=strength)
 

@@ -47,6 +47,9 @@ class ServeOptions:
     upscalers: list[str] = field(default_factory=list)  # ESRGAN-family files
     presets: list[str] = field(default_factory=list)  # presets files offered besides the built-in ones
     brands: list[str] = field(default_factory=list)  # brand kit folders, offered by their names
+    sign: bool = False  # every picture signed (C2PA + watermark)
+    certificate: str | None = None  # who signs (PEM chain and key); None: the local identity
+    key: str | None = None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -77,6 +80,17 @@ def _upscalers(paths: list[str]) -> dict:
         up.filename = os.path.basename(path)
         files[up.name] = up
     return files
+
+
+def _signer(options: ServeOptions):
+    """The --certificate/--key identity, checked before the server starts (None: the local one, made on first use)."""
+    if bool(options.certificate) != bool(options.key):
+        raise UserError("--certificate and --key go together: give both, or neither for the local identity")
+    if not options.certificate:
+        return None
+    from ..provenance import load_identity
+
+    return load_identity(options.certificate, options.key)
 
 
 def _brands(folders: list[str]) -> dict:
@@ -117,6 +131,7 @@ def serve(options: ServeOptions) -> int:
     upscalers = _upscalers(options.upscalers)
     presets = combined(options.presets)
     brands = _brands(options.brands)
+    signer = _signer(options)
     sock = bind(options.host, options.port)
     logging.basicConfig(level=options.log_level.upper(), format="%(levelname)s:     %(message)s")
     try:
@@ -131,7 +146,7 @@ def serve(options: ServeOptions) -> int:
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
                               allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
                               limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers,
-                              presets=presets, brands=brands)
+                              presets=presets, brands=brands, sign=options.sign, identity=signer)
     app = create_app(pool, settings, library)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host

@@ -27,6 +27,8 @@ class ServerSettings:
     upscalers: dict = field(default_factory=dict)  # name -> a loaded upscaler file (`--upscaler`)
     presets: list = field(default_factory=builtin)  # `noisecraft.presets.Preset`s: the page's, A1111's styles, OpenAI's style
     brands: dict = field(default_factory=dict)  # name -> `noisecraft.brand.BrandKit` (`serve --brand DIR`)
+    sign: bool = False  # sign every picture (`serve --sign`); a kit with sign = true signs its own anyway
+    identity: Any = None  # who signs (`serve --certificate/--key`); None: the local identity
 
 
 @dataclass

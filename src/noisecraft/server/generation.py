@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 
@@ -14,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import UserError
 from . import schemas
 from .context import Context
-from .encoding import png_base64
 from .errors import FieldError, JSONResponse, field_error, field_of, unprocessable
 from .library import remember
+from .signing import identity, picture_file, signs
 from .jobs import SHUTTING_DOWN, Failure, Job, QueueFull, ShuttingDown, Upscale
 
 log = logging.getLogger("noisecraft.server")
@@ -53,7 +54,7 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
     except UserError as error:
         raise FieldError("prompt" if error.field == "prompt" else "styles", str(error)) from None  # a banned word, a preset
     job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits,
-              upscale=upscale, touch_up=kit.finish if kit else None)
+              upscale=upscale, touch_up=kit.finish if kit else None, signer=identity(ctx, kit) if signs(ctx, kit) else None)
     if req.force_task_id:
         job.id = req.force_task_id
     exclude = {"force_task_id"} | ({"init_images", "mask"} if not getattr(req, "include_init_images", False) else set())
@@ -71,7 +72,8 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
                  job.status, time.monotonic() - started)
         await remember(ctx, job, job.images, source="a1111", operation="img2img" if init is not None else "generate",
                        strength=s.strength)
-        images = await run_in_threadpool(lambda: [png_base64(i) for i in job.images]) if req.send_images else []
+        images = await run_in_threadpool(lambda: [base64.b64encode(picture_file(ctx, job, i)).decode("ascii")
+                                                  for i in job.images]) if req.send_images else []
         return {"images": images, "parameters": echo,
                 "info": schemas.info_json(s, job.pipe, job.images, interrupted=job.status == "interrupted")}
     finally:

@@ -76,6 +76,9 @@ class Job:
     limits: Limits | None = None
     upscale: Upscale | None = None
     touch_up: Callable | None = None  # applied to each picture once drawn (and upscaled): a brand kit's colour step
+    signer: Any = None  # a provenance Identity: the pictures are handed out and kept signed (server/signing.py)
+    files: dict = field(default_factory=dict)  # (picture id, format, quality) -> its signed file
+    source: bytes | None = None  # the PNG file an edit started from: a signed picture's parent ingredient
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = "queued"  # queued, running, done, interrupted, failed, cancelled
     created: float = field(default_factory=time.monotonic)

@@ -9,6 +9,7 @@ from ..gallery.pictures import add_picture
 from ..settings import Request
 from .context import Context
 from .jobs import Job
+from .signing import picture_file
 
 
 async def remember(ctx: Context, job: Job, images: list, *, source: str, operation: str = "generate",
@@ -18,5 +19,6 @@ async def remember(ctx: Context, job: Job, images: list, *, source: str, operati
         return [None] * len(images)
     request = job.request or Request()
     return await run_in_threadpool(lambda: [add_picture(ctx.gallery, image, request, model=job.model.name, source=source,
-                                                        operation=operation, parent_id=parent_id, strength=strength)
+                                                        operation=operation, parent_id=parent_id, strength=strength,
+                                                        data=picture_file(ctx, job, image))
                                             for image in images])

@@ -17,6 +17,7 @@ from ..encoding import decode_image
 from ..errors import FieldError
 from ..generation import answer, brand_of, draw
 from ..jobs import Job, Upscale
+from ..signing import identity, signs
 
 router = APIRouter(prefix="/layouts", tags=["layouts"])
 MEDIA = {"png": "image/png", "pdf": "application/pdf"}
@@ -82,9 +83,9 @@ async def render(request: Request, body: LayoutBody = Body(...), ctx: Context = 
         piece = await run_in_threadpool(compose_piece, template, style, body.texts, images, parameters)
     except UserError as error:
         raise FieldError((error.field or "texts",), str(error)) from None
-    sign = body.sign if body.sign is not None else bool(kit and kit.signing.sign)
-    data = await run_in_threadpool(piece_bytes, piece, body.format,
-                                   sign and body.format == "png", None, f"{template.name}.{body.format}")
+    sign = (body.sign if body.sign is not None else signs(ctx, kit)) and body.format == "png"
+    data = await run_in_threadpool(piece_bytes, piece, body.format, sign, identity(ctx, kit) if sign else None,
+                                   f"{template.name}.{body.format}")
     return Response(data, media_type=MEDIA[body.format],
                     headers={"Content-Disposition": f'inline; filename="{template.name}.{body.format}"'})
 

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import UserError
 from ...images import load_picture
-from ...pngmeta import amend_parameters, image_bytes, parse_parameters
+from ...pngmeta import amend_parameters, parse_parameters
 from ...presets import find
 from ...settings import Request as DrawRequest
 from ...studio import keep_outside, size_for
@@ -36,6 +36,7 @@ from ..errors import FieldError
 from ..generation import brand_of, draw
 from ..jobs import Failure, Job, QueueFull, ShuttingDown, Upscale
 from ..library import remember
+from ..signing import identity, picture_file as signed_file, signs
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 SIZES = ("auto", "256x256", "512x512", "1024x1024", "1024x1536", "1536x1024", "1792x1024", "1024x1792")
@@ -94,7 +95,8 @@ async def generations(request: Request, body: GenerationsBody = Body(...), ctx: 
     steps = max(1, round(pipe.defaults["steps"] * _quality(body.quality)))
     job = Job(entry, request=DrawRequest(prompt, negative, steps=steps, width=drawn[0], height=drawn[1], num_images=n,
                                          batch_size=n),
-              limits=ctx.settings.limits, upscale=_growth(drawn, target), touch_up=kit.finish if kit else None)
+              limits=ctx.settings.limits, upscale=_growth(drawn, target), touch_up=kit.finish if kit else None,
+              signer=identity(ctx, kit) if signs(ctx, kit) else None)
     return await _answer(ctx, request, job, target, body.response_format, body.output_format, body.output_compression,
                          operation="generate")
 
@@ -158,7 +160,8 @@ async def _from_picture(ctx: Context, request: Request, form, image: Image.Image
     small_mask = mask.resize(drawn, Image.NEAREST) if mask is not None else None
     strength = 1.0 if mask is not None else EDIT_STRENGTH if operation == "edit" else VARIATION_STRENGTH
     job = Job(entry, request=DrawRequest(prompt, width=drawn[0], height=drawn[1], num_images=n, batch_size=n, strength=strength),
-              init_image=start, mask_image=small_mask, limits=ctx.settings.limits, upscale=_growth(drawn, target))
+              init_image=start, mask_image=small_mask, limits=ctx.settings.limits, upscale=_growth(drawn, target),
+              signer=identity(ctx) if signs(ctx) else None)
     keep = (image.convert("RGB").resize(target, Image.LANCZOS), mask.resize(target, Image.NEAREST)) if mask is not None else None
     return await _answer(ctx, request, job, target, response_format, fmt, compression, operation=operation,
                          strength=strength, keep=keep)
@@ -199,7 +202,7 @@ async def _answer(ctx: Context, request: Request, job: Job, target, response_for
             if response_format == "url":
                 entry["url"] = _url(ctx, request, item)
             else:
-                raw = await run_in_threadpool(image_bytes, picture, fmt, compression)
+                raw = await run_in_threadpool(signed_file, ctx, job, picture, fmt, compression)
                 entry["b64_json"] = base64.b64encode(raw).decode("ascii")
             data.append(entry)
         words = len(s.prompt.split())

@@ -21,6 +21,7 @@ from ..encoding import decode_image
 from ..errors import FieldError
 from ..schemas import TASK_ID
 from ..generation import answer, brand_of, draw
+from ..signing import carries_credentials, identity, signs
 from ..jobs import Job, Upscale
 from ...gallery.pictures import request_of
 from ..library import remember
@@ -69,7 +70,8 @@ async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = De
     except UserError as error:
         raise FieldError("prompt", str(error)) from None
     step.request = dataclasses.replace(step.request, prompt=words, negative_prompt=negative)
-    return await run(ctx, request, step, None, flags=flags, task_id=body.task_id, touch_up=kit.finish if kit else None)
+    return await run(ctx, request, step, None, flags=flags, task_id=body.task_id, touch_up=kit.finish if kit else None,
+                     signer=identity(ctx, kit) if signs(ctx, kit) else None)
 
 
 @router.post("/{item_id}/{operation}")
@@ -81,6 +83,8 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
     if item is None:
         return missing(item_id)
     parent = await run_in_threadpool(load_picture, ctx.gallery.path(item), f"gallery picture {item.id}")
+    source = await run_in_threadpool(ctx.gallery.path(item).read_bytes)
+    signer = identity(ctx) if signs(ctx) or carries_credentials(source) else None  # a signed parent: a signed edit
     made = request_of(item)
     pipe = ctx.pool.traits()
     try:
@@ -89,7 +93,8 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
             if mode not in UPSCALES:
                 raise FieldError("mode", f"upscale takes subtle or creative, not {mode!r}")
             job = Job(ctx.pool.current, kind="upscale", request=dataclasses.replace(made, prompt=_remix(body, made)),
-                      init_image=parent, limits=ctx.settings.limits, upscale=Upscale(2, UPSCALES[mode]))
+                      init_image=parent, limits=ctx.settings.limits, upscale=Upscale(2, UPSCALES[mode]),
+                      signer=signer, source=source)
             job.id = body.task_id or job.id
             return await _finish(ctx, request, job, item, f"upscale ({mode})", UPSCALES[mode])
         if operation == "vary":
@@ -109,11 +114,11 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
         if isinstance(error, FieldError):
             raise
         raise FieldError(error.field or "body", str(error)) from None
-    return await run(ctx, request, step, item, task_id=body.task_id)
+    return await run(ctx, request, step, item, task_id=body.task_id, signer=signer, source=source)
 
 
 async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: studio.Flags | None = None,
-              task_id: str | None = None, touch_up=None):
+              task_id: str | None = None, touch_up=None, signer=None, source: bytes | None = None):
     """Draw a studio step (four pictures; one job per guidance scale when --chaos spreads them) into the gallery."""
     scales = step.guidance or [None]
     share = step.request.num_images // len(scales)
@@ -125,7 +130,7 @@ async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: 
         if guidance is not None and step.request.seed is None and jobs:  # a random first seed: the others follow it
             part = dataclasses.replace(part, seed=jobs[0].settings.seed + k * share)
         job = Job(ctx.pool.current, request=part, init_image=step.init, mask_image=step.mask, limits=ctx.settings.limits,
-                  touch_up=touch_up)
+                  touch_up=touch_up, signer=signer, source=source)
         if task_id:  # with --chaos the grid is several jobs: the id names each in turn
             job.id = task_id
         failure = await _draw(ctx, request, job)

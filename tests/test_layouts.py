@@ -362,3 +362,18 @@ def test_style_errors_are_one_sentence(tmp_path):
     default = Style.default()
     assert all(path.is_file() and path.parent.name == "fonts" for path in default.fonts.values())
     assert (default.fonts["body"].parent / "LICENSE-DejaVu.txt").is_file()
+
+
+def test_a_logo_that_blends_into_its_band_gets_a_backing():
+    """A navy logo on a navy band would vanish: it is set on a panel of the background colour; a logo that
+    stands out on its own is pasted bare."""
+    colours = dict(Style.default().colours, primary=(27, 42, 74), background=(255, 255, 255))
+    photo = Image.new("RGB", (300, 200), (200, 210, 220))
+    texts = {"headline": "Summer tune-up", "cta": "Book now"}
+    for logo_colour, backed in [((27, 42, 74), True), ((240, 127, 19), False)]:
+        logo = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+        ImageDraw.Draw(logo).rounded_rectangle((10, 10, 190, 190), 30, fill=(*logo_colour, 255))
+        made = compose("social-post", Style(colours=colours, logo=logo), texts, {"image": photo})
+        band = np.asarray(made.image)[713:, 760:]  # the logo box (right of the headline and the button)
+        white = np.all(band > 250, axis=-1).mean()  # a white backing shows up as white pixels in the band
+        assert (white > 0.01) == backed, (logo_colour, white)

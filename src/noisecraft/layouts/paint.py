@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .contrast import contrast_ratio
+
 PixelBox = tuple[int, int, int, int]  # left, top, right, bottom
 
 
@@ -75,15 +77,34 @@ def paint_panel(canvas: Image.Image, box: PixelBox, colour, radius: int, opacity
     canvas.paste(Image.new("RGB", size, tuple(colour)), box[:2], mask)
 
 
-def paste_logo(canvas: Image.Image, logo: Image.Image, box: PixelBox, align: str) -> PixelBox:
-    """The logo "contain"-fitted into `box`, with its alpha, centred vertically and aligned across; returns where."""
+LOGO_MIN_CONTRAST = 1.6  # below this the logo's own colours and what is under it blend: it gets a backing
+
+
+def paste_logo(canvas: Image.Image, logo: Image.Image, box: PixelBox, align: str, backing=None) -> PixelBox:
+    """The logo "contain"-fitted into `box`, with its alpha, centred vertically and aligned across; returns where.
+    With a `backing` colour, a logo whose colours blend into what is under it (a navy logo on a navy band:
+    contrast of the mean colours below LOGO_MIN_CONTRAST) is set on a rounded panel of that colour."""
     size = (box[2] - box[0], box[3] - box[1])
     logo = fitted(logo.convert("RGBA").convert("RGBa"), size, "contain").convert("RGBA")  # premultiplied: no fringes
     spare = size[0] - logo.width
     left = box[0] + {"left": 0, "center": spare // 2, "right": spare}[align]
     top = box[1] + (size[1] - logo.height) // 2
+    if backing is not None and _blends(canvas, logo, (left, top)):
+        pad = max(4, min(logo.size) // 12)
+        panel = clip((left - pad, top - pad, left + logo.width + pad, top + logo.height + pad), canvas.size)
+        paint_panel(canvas, panel, backing, corner_radius(0.25, panel))
     canvas.paste(logo, (left, top), logo)
     return left, top, left + logo.width, top + logo.height
+
+
+def _blends(canvas: Image.Image, logo: Image.Image, at: tuple[int, int]) -> bool:
+    pixels = np.asarray(logo, dtype=np.float64)
+    opaque = pixels[..., 3] > 128
+    if not opaque.any():
+        return False
+    under = np.asarray(canvas.crop((at[0], at[1], at[0] + logo.width, at[1] + logo.height)).convert("RGB"), np.float64)
+    mine, theirs = pixels[..., :3][opaque].mean(axis=0), under[opaque].mean(axis=0)
+    return contrast_ratio(tuple(np.round(mine).astype(int)), tuple(np.round(theirs).astype(int))) < LOGO_MIN_CONTRAST
 
 
 def clip(box: PixelBox, size: tuple[int, int]) -> PixelBox:

@@ -90,7 +90,7 @@ def compose(template: Template | str | Path, style: Style | None = None, texts: 
             paint_panel(canvas, pixels, style.colour(box.colour), corner_radius(box.radius, pixels), box.opacity)
         elif isinstance(box, LogoBox):
             if style.logo is not None:
-                paste_logo(canvas, style.logo, pixels, box.align)
+                paste_logo(canvas, style.logo, pixels, box.align, backing=style.colour("background"))
         else:
             text = (texts.get(box.name) or "").strip() or box.default
             if text:

@@ -135,6 +135,10 @@ def test_layout_command_writes_png_and_pdf_and_refuses_clearly(setup, tmp_path):
                         (["poster-of-doom"], "poster-of-doom")]:
         refused = cli("layout", *args, "--no-sign", "--out", tmp_path / "x.png")
         assert refused.returncode == 2 and words in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    gif = cli("layout", "social-post", "--set", "headline=Open", "--set", "cta=Visit", "--image", photo, "--out",
+              tmp_path / "post.gif")
+    assert gif.returncode == 2 and "give a .png, .jpg, .webp or .pdf file name" in gif.stderr
+    assert not (tmp_path / "post.gif").exists()
 
 
 def test_signed_pictures_and_a_signed_edit_keeps_its_source_as_parent(setup, tmp_path):

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, shown
 
 KNOWN = ("id", "prompt", "subject", "negative", "preset", "layout", "sizes", "image", "seed")
 MAX_PLAN_BYTES = 4 * 2**20
@@ -70,7 +70,7 @@ def read_plan(path: str | Path) -> list[Item]:
     header = [h.strip().lower() for h in (csv.DictReader(io.StringIO(text)).fieldnames or [])]
     if not {"prompt", "subject", "image"} & set(header):
         raise UserError(f"{path}: the header needs a prompt (or subject, or image) column; it has "
-                        f"{', '.join(header) or 'no columns'}")
+                        f"{shown(', '.join(header)) if header else 'no columns'}")
     if len(rows) > MAX_ROWS:
         raise UserError(f"{path} has {len(rows)} rows; a plan takes at most {MAX_ROWS}")
     items, names = [], set()

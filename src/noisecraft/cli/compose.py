@@ -66,14 +66,20 @@ def cmd_layout(args) -> int:
             if not template.image_fields():
                 raise UserError(f"the {template.name} layout has no image slot")
             slot, path = template.image_fields()[0], item
-        images[slot] = open_image(path, f"--image {path}")
+        images[slot] = open_image(path, "--image")
     maker = maker_from(args, _pipe(args) if args.prompt else None)
     piece = maker.layout(template, texts, images, prompt=args.prompt, negative=args.negative, preset=args.preset,
                          seed=args.seed)
     out = Path(args.out).expanduser()
-    path = out if out.suffix.lower() in (".png", ".pdf") else out / f"{template.name}.png"
-    if out.suffix.lower() not in (".png", ".pdf"):
-        out.mkdir(parents=True, exist_ok=True)
+    kinds = (".png", ".jpg", ".jpeg", ".webp", ".pdf")
+    if out.suffix and out.suffix.lower() not in kinds and not out.is_dir():
+        raise UserError(f"--out {args.out}: give a .png, .jpg, .webp or .pdf file name, or a folder")
+    path = out if out.suffix.lower() in kinds else out / f"{template.name}.png"
+    if path is not out:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {args.out}: cannot make that folder ({error.strerror or error})") from None
     print(maker.write(piece, path))
     if maker.sign and path.suffix.lower() == ".pdf":
         print("noisecraft: a PDF is not signed (Content Credentials cover PNG, JPEG and WebP); write a .png to sign it",

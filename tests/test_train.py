@@ -275,3 +275,27 @@ def test_checked_in_configs_load_and_chain():
         for needed in (c.train.init_from, c.model.vae_path):
             if needed:
                 assert c.resolve(needed).resolve() in made, f"{name}: {needed} is no config's output"
+
+
+def test_masked_denoising_loss_ignores_what_the_mask_leaves_out(data):
+    """A loss mask (a photo's transparency) at the latents' size: zero where the background is, so a change of
+    the picture and noise there (the targets there) changes nothing; all ones is the plain loss. (The fresh
+    UNet's zero output layer makes its output 0 everywhere, so only the per-position weighting is under test.)"""
+    from noisecraft.train.losses import denoising_loss
+
+    trainer = Trainer(tiny_config(data, text=False, steps=1), progress=False, log=lambda *a: None)
+    x0 = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    plain = denoising_loss(trainer.denoiser, x0, sigma, None, noise)
+    ones = denoising_loss(trainer.denoiser, x0, sigma, None, noise, torch.ones(2, 1, 16, 16))
+    assert torch.allclose(plain, ones)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 4.0  # a quarter of the picture, averaging 1
+    masked = denoising_loss(trainer.denoiser, x0, sigma, None, noise, mask)
+    changed = x0.clone()
+    changed[..., :2, :] += 5.0  # the background, which the mask leaves out
+    noise_changed = noise.clone()
+    noise_changed[..., :2, :] -= 1.0
+    assert torch.allclose(masked, denoising_loss(trainer.denoiser, changed, sigma, None, noise_changed, mask), atol=1e-6)
+    assert not torch.allclose(plain, denoising_loss(trainer.denoiser, changed, sigma, None, noise_changed))

@@ -21,11 +21,12 @@ def training_sigmas(denoiser: Denoiser, batch: int, generator: torch.Generator |
 
 
 def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, sigma: torch.Tensor, cond: dict | None = None,
-                   noise: torch.Tensor | None = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample MSE [B] in the network's native target (Ho et al. 2020 L_simple for eps).
 
     x = x0 + sigma * noise; targets: eps -> noise, x0 -> x0,
-    v -> alpha noise - sigma_vp x0 = c_in (noise - sigma x0).
+    v -> alpha noise - sigma_vp x0 = c_in (noise - sigma x0). `weights` [B, 1, H, W] (averaging 1 per
+    sample, e.g. a photo's loss mask at the latents' size) weigh each position: zero ignores it.
     """
     noise = torch.randn_like(x0) if noise is None else noise
     sigma = torch.as_tensor(sigma, device=x0.device)
@@ -39,7 +40,8 @@ def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, sigma: torch.Tensor, co
         target = c_in * (noise - s * x0)
     else:
         target = x0
-    return (out - target).pow(2).flatten(1).mean(1)
+    error = (out - target).pow(2)
+    return (error if weights is None else error * weights.to(error.dtype)).flatten(1).mean(1)
 
 
 def min_snr_weights(sigma: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:

@@ -121,9 +121,8 @@ class Pipeline:
     # -- adapters and memory --------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
         """Merge a LoRA file (kohya/A1111 or diffusers/PEFT) at `scale` (call again to stack more; `unload_loras`
-        restores the original weights); returns the number of layers changed."""
-        if self.family == "noisecraft":
-            raise UserError("LoRA files are for Stable Diffusion checkpoints; this is a noisecraft model")
+        restores the original weights); returns the number of layers changed. A noisecraft model takes the
+        LoRA files `noisecraft finetune` makes for it; a file for another network is one sentence."""
         return self._loras.apply(path, float(scale), lora_targets(self.unet, self.config.unet.num_res_blocks, self.text_encoder))
 
     def unload_loras(self) -> None:

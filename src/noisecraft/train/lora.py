@@ -35,7 +35,7 @@ BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sd2": ("sd_v2", 
 class LoraLayer(nn.Module):
     """`base` (a Linear or Conv2d, frozen) plus a trainable low-rank update ``(alpha / rank) * up(down(x))``."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None):
         super().__init__()
         self.base, self.rank, self.alpha = base, rank, float(alpha)
         kind = dict(device=base.weight.device, dtype=base.weight.dtype)
@@ -45,7 +45,10 @@ class LoraLayer(nn.Module):
         else:
             self.down = nn.Linear(base.in_features, rank, bias=False, **kind)
             self.up = nn.Linear(rank, base.out_features, bias=False, **kind)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        start = torch.empty(self.down.weight.shape)  # drawn on the CPU, so a seed gives the same start on any device
+        nn.init.kaiming_uniform_(start, a=math.sqrt(5), generator=generator)
+        with torch.no_grad():
+            self.down.weight.copy_(start)
         nn.init.zeros_(self.up.weight)
         base.requires_grad_(False)
 
@@ -57,13 +60,15 @@ class LoraLayer(nn.Module):
         return self.base(x) + self.up(self.down(x)) * self.scale
 
 
-def add_adapters(unet: nn.Module, rank: int = 16, alpha: float = 16.0, layers=LAYERS) -> dict[str, LoraLayer]:
-    """Wrap every layer of `unet` whose path ends in one of `layers` in a `LoraLayer`; {original path: adapter}."""
+def add_adapters(unet: nn.Module, rank: int = 16, alpha: float = 16.0, layers=LAYERS, seed: int = 0) -> dict[str, LoraLayer]:
+    """Wrap every layer of `unet` whose path ends in one of `layers` in a `LoraLayer` (`down` drawn from a
+    generator seeded by `seed`, so the same run starts the same); {original path: adapter}."""
+    generator = torch.Generator().manual_seed(seed)
     found = {name: module for name, module in unet.named_modules()
              if isinstance(module, (nn.Linear, nn.Conv2d)) and name.endswith(tuple(layers))}
     adapters = {}
     for name, module in found.items():
-        adapters[name] = LoraLayer(module, rank, alpha)
+        adapters[name] = LoraLayer(module, rank, alpha, generator)
         _put(unet, name, adapters[name])
     return adapters
 

@@ -86,3 +86,24 @@ def test_a_killed_finetune_resumes_bit_exactly(setup, tmp_path):
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     with pytest.raises(UserError, match="made with other photos or settings"):
         finetune(pipe, photos, tmp_path / "cut", FinetuneSettings(steps=9, rank=4, alpha=4, checkpoint_every=4, name="acme"))
+
+
+def test_finetune_command_writes_a_lora_that_generate_loads(setup, tmp_path):
+    import subprocess
+    import sys
+
+    model, photos = setup
+    out = tmp_path / "acme.safetensors"
+    run = [sys.executable, "-m", "noisecraft.cli"]
+    made = subprocess.run([*run, "finetune", photos, "--name", "acme box", "--class-word", "box", "--model", model,
+                           "--out", out, "--steps", "6", "--rank", "4", "--device", "cpu"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "5 photo(s) (0 with their own caption), 6 steps" in made.stderr
+    assert made.stdout.startswith(f"{out} (step ") and "held-out loss by step: 6:" in made.stdout
+    with safe_open(out, "pt") as handle:
+        assert handle.metadata()["ss_output_name"] == "acme" and all(k.startswith("lora_unet_") for k in handle.keys())
+    drawn = subprocess.run([*run, "generate", "acme box", "--model", model, "--lora", out, "--steps", "2", "--out",
+                            tmp_path / "p.png", "--device", "cpu"], capture_output=True, text=True)
+    assert drawn.returncode == 0, drawn.stderr
+    refused = subprocess.run([*run, "finetune", tmp_path / "none", "--name", "x", "--out", out], capture_output=True, text=True)
+    assert refused.returncode == 2 and "no such folder of photos" in refused.stderr

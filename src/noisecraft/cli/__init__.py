@@ -19,7 +19,8 @@ COMMANDS = {"generate": generate.cmd_generate, "upscale": generate.cmd_upscale, 
             "info": commands.cmd_info, "samplers": commands.cmd_samplers, "presets": commands.cmd_presets, "data": commands.cmd_data,
             "eval": commands.cmd_eval, "serve": commands.cmd_serve,
             "brand": brand.cmd_brand, "layout": compose.cmd_layout, "layouts": compose.cmd_layouts,
-            "campaign": compose.cmd_campaign, "verify": compose.cmd_verify}
+            "campaign": compose.cmd_campaign, "verify": compose.cmd_verify,
+            "finetune": commands.cmd_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:

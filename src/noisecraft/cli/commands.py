@@ -1,10 +1,46 @@
-"""The other `noisecraft` commands: train, info, samplers, presets, data, eval, serve."""
+"""The other `noisecraft` commands: finetune, train, info, samplers, presets, data, eval, serve."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import UserError
+
+
+def cmd_finetune(args) -> int:
+    from tqdm import tqdm
+
+    from ..files import write_bytes
+    from ..pipeline import Pipeline
+    from ..train.finetune import FinetuneSettings, finetune
+    from ..train.photos import load_photos
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise UserError(f"--out {args.out}: a LoRA file is a .safetensors name")
+    if args.steps is not None and args.steps < 1 or args.rank < 1 or args.lr <= 0:
+        raise UserError("--steps and --rank must be at least 1 and --lr above 0")
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    native = pipe.config.image_size
+    photos = load_photos(args.photos, args.name, args.class_word, pixels=native * native, factor=pipe.size_factor)
+    for skipped in photos.skipped:
+        print(f"noisecraft: skipped {skipped}", file=sys.stderr)
+    settings = FinetuneSettings(steps=args.steps, rank=args.rank, alpha=float(args.rank), lr=args.lr, seed=args.seed,
+                                name=out.stem)
+    total = settings.total_steps(len(photos.photos))
+    print(f"{len(photos.photos)} photo(s) ({photos.captioned} with their own caption), {total} steps", file=sys.stderr)
+    with tqdm(total=total, desc="finetune", unit="step") as bar:
+        def progress(step, total, loss):
+            bar.n = step
+            bar.set_postfix_str(f"loss {loss:.4f}")
+            bar.refresh()
+
+        result = finetune(pipe, photos, out.with_name(out.stem + "-run"), settings, progress)
+    write_bytes(out, result.best_file.read_bytes())
+    held = ", ".join(f"{step}: {loss:.4f}" for step, loss in result.held_out) or "none held out (fewer than 4 photos)"
+    print(f"{out} (step {result.best_step} of {result.step}; held-out loss by step: {held})")
+    return 0
 
 
 def cmd_train(args) -> int:

@@ -95,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
+    fine = commands.add_parser("finetune", help="teach a model your own subject from a folder of photos (LoRA)",
+                               description="Train a LoRA on a folder of photos (JPEG, PNG, WebP, HEIC); writes a kohya/A1111 "
+                                           "LoRA file that `generate --lora` and A1111/ComfyUI load.")
+    fine.add_argument("photos", metavar="PHOTOS_DIR", help="the photos (captions from metadata.jsonl or .txt files, else a template)")
+    fine.add_argument("--name", required=True, help="what the photos show, as you will prompt it: \"acme storefront\"")
+    fine.add_argument("--class-word", default="", help="the kind of thing it is (storefront, mug, van), for the template captions")
+    fine.add_argument("--model", default=None, help="the model to teach (default: the built-in model)")
+    fine.add_argument("--out", required=True, metavar="FILE", help="the LoRA file to write (.safetensors)")
+    fine.add_argument("--steps", type=int, default=None, help="training steps (default: 100 per photo, 500-2000)")
+    fine.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16; alpha follows)")
+    fine.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    fine.add_argument("--seed", type=int, default=0, help="the run's seed (same photos and seed: the same file)")
+    fine.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
     info = commands.add_parser("info", help="describe a model file", description="Describe a model file.")
     info.add_argument("model", nargs="?", default=None, help="model folder or .safetensors file (default: the built-in model)")
 

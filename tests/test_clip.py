@@ -470,13 +470,15 @@ def test_embedding_for_another_family_is_refused(sd1, sdxl, tmp_path):
 # ---- LoRA hook and errors ------------------------------------------------------------------------
 
 def test_lora_targets_resolve_kohya_and_diffusers_names(sd1, sdxl):
-    t = sd1.ours.text_lora_targets()
+    from noisecraft.checkpoints.lora import text_lora_targets
+
+    t = text_lora_targets(sd1.ours)
     layer0 = sd1.ours.text_encoder.text_model.encoder.layers[0]
     assert t["lora_te_text_model_encoder_layers_0_self_attn_q_proj"] is layer0.self_attn.q_proj
     assert len(t) == 3 * 6 and all(k.startswith("lora_te_text_model_encoder_layers_") for k in t)  # q k v out fc1 fc2
     modules = dict(sd1.ours.named_modules())  # diffusers/PEFT keys are module paths
     assert modules["text_encoder.text_model.encoder.layers.2.mlp.fc2"] is t["lora_te_text_model_encoder_layers_2_mlp_fc2"]
-    x = sdxl.ours.text_lora_targets()
+    x = text_lora_targets(sdxl.ours)
     assert sum(k.startswith("lora_te1_") for k in x) == sum(k.startswith("lora_te2_") for k in x) == 18 == len(x) // 2
     assert x["lora_te2_text_model_encoder_layers_1_self_attn_out_proj"] is sdxl.ours.text_encoder_2.text_model.encoder.layers[1].self_attn.out_proj
     assert dict(sdxl.ours.named_modules())["text_encoder_2.text_model.encoder.layers.1.self_attn.out_proj"] is \
@@ -484,10 +486,12 @@ def test_lora_targets_resolve_kohya_and_diffusers_names(sd1, sdxl):
 
 
 def test_lora_target_changes_the_output(sd1):
+    from noisecraft.checkpoints.lora import text_lora_targets
+
     ours = sd_text_encoder_from_single_file(cloned(sd1.state), "sd1")
     before = ours.encode(PROMPTS).tokens
     with torch.no_grad():
-        ours.text_lora_targets()["lora_te_text_model_encoder_layers_0_self_attn_v_proj"].weight.mul_(1.5)
+        text_lora_targets(ours)["lora_te_text_model_encoder_layers_0_self_attn_v_proj"].weight.mul_(1.5)
     assert rel(ours.encode(PROMPTS).tokens, before) > 1e-3
 
 

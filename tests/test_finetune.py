@@ -4,6 +4,7 @@ kept is the one where it was lowest, in kohya's format that noisecraft's own loa
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -107,3 +108,105 @@ def test_finetune_command_writes_a_lora_that_generate_loads(setup, tmp_path):
     assert drawn.returncode == 0, drawn.stderr
     refused = subprocess.run([*run, "finetune", tmp_path / "none", "--name", "x", "--out", out], capture_output=True, text=True)
     assert refused.returncode == 2 and "no such folder of photos" in refused.stderr
+
+
+def sheet_rows(path, cell: int, count: int) -> list[list]:
+    """The pictures of a labelled sheet (title 28 px, labels 150 px), row by row."""
+    from PIL import Image
+
+    with Image.open(path) as sheet:
+        sheet = sheet.convert("RGB")
+        rows = (sheet.height - 28) // cell
+        return [[np.asarray(sheet.crop((150 + k * cell, 28 + r * cell, 150 + (k + 1) * cell, 28 + (r + 1) * cell)))
+                 for k in range(count)] for r in range(rows)]
+
+
+def test_samples_at_each_checkpoint_and_a_before_after_sheet_of_the_same_seeds(setup, tmp_path):
+    from PIL import Image
+
+    from noisecraft.settings import Request
+
+    pipe, photos = load(setup)
+    settings = FinetuneSettings(steps=8, rank=4, alpha=4, lr=1e-2, checkpoint_every=4, name="acme", sample_count=3, sample_steps=4)
+    result = finetune(pipe, photos, tmp_path / "run", settings)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-000004.png", "step-000008.png"]
+    assert len(sheet_rows(result.samples, 128, 3)) == 2  # a row per checkpoint
+    before, after = sheet_rows(result.before_after, 128, 3)
+    base = pipe(Request(photos.prompt, seed=1, num_images=3, steps=4, subject="off"))  # the adapters are gone again
+    assert all(np.array_equal(np.asarray(p.resize((128, 128), Image.Resampling.LANCZOS)), b) for p, b in zip(base, before))
+    pipe.load_lora(result.best_file)
+    merged = pipe(Request(photos.prompt, seed=1, num_images=3, steps=4, subject="off"))
+    diffs = [np.abs(np.asarray(p.resize((128, 128), Image.Resampling.LANCZOS)).astype(int) - a).mean() for p, a in zip(merged, after)]
+    assert max(diffs) < 1.0, diffs  # adapters in place vs merged: float rounding only
+    assert min(np.abs(a.astype(int) - b).mean() for a, b in zip(after, before)) > 1.0  # and the LoRA changed them
+
+
+def test_prior_preservation_draws_the_class_once_and_changes_what_is_learned(setup, tmp_path):
+    from noisecraft.pngmeta import read_parameters
+
+    base = dict(steps=4, rank=4, alpha=4, lr=1e-2, checkpoint_every=4, name="acme", samples=False)
+    pipe, photos = load(setup)
+    plain = finetune(pipe, photos, tmp_path / "plain", FinetuneSettings(**base))
+    result = finetune(pipe, photos, tmp_path / "prior", FinetuneSettings(**base, prior_images=3))
+    files = sorted((tmp_path / "prior" / "class-pictures").glob("*/*.png"))
+    assert len(files) == 3 and all(read_parameters(f).startswith("a photo of box\n") for f in files)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    (tmp_path / "prior" / "finetune-state.safetensors").unlink()  # train again from the start: the pictures are reused
+    again = finetune(pipe, photos, tmp_path / "prior", FinetuneSettings(**base, prior_images=3))
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    with_prior, without = load_file(result.best_file), load_file(plain.best_file)
+    assert any(not torch.equal(with_prior[k], without[k]) for k in with_prior)
+    assert all(torch.equal(with_prior[k], v) for k, v in load_file(again.best_file).items())  # and it is reproducible
+    photos.class_word = ""
+    with pytest.raises(UserError, match="needs the photos' class word"):
+        finetune(pipe, photos, tmp_path / "none", FinetuneSettings(**base, prior_images=2))
+
+
+def test_text_encoder_and_conv_adapters_are_saved_and_merge_back(setup, tmp_path):
+    from safetensors import safe_open
+
+    pipe, photos = load(setup)
+    settings = FinetuneSettings(steps=6, rank=4, alpha=4, lr=1e-2, checkpoint_every=6, name="acme", text_encoder=True,
+                                conv=True, samples=False)
+    result = finetune(pipe, photos, tmp_path / "run", settings)
+    with safe_open(result.best_file, "pt") as handle:
+        stems = {k.rsplit(".", 2)[0] for k in handle.keys() if k.endswith(".weight")}
+    assert "lora_te_encoder_layer_0_attention_self_query" in stems and "lora_te_encoder_layer_5_output_dense" in stems
+    assert "lora_unet_input_blocks_1_0_in_layers_2" in stems and "lora_unet_output_blocks_1_2_conv" in stems
+    before = pipe.encode_prompts([photos.prompt])["context"]
+    assert pipe.load_lora(result.best_file) == len(stems)
+    assert not torch.allclose(before, pipe.encode_prompts([photos.prompt])["context"])  # the text encoder learned too
+
+
+def test_gradient_checkpointing_and_bf16_autocast_run_on_the_cpu(setup, tmp_path):
+    base = dict(steps=4, rank=4, alpha=4, lr=1e-2, checkpoint_every=4, name="acme", samples=False)
+    pipe, photos = load(setup)
+    plain = load_file(finetune(pipe, photos, tmp_path / "plain", FinetuneSettings(**base)).best_file)
+    checkpointed = load_file(finetune(pipe, photos, tmp_path / "ckpt", FinetuneSettings(**base, gradient_checkpointing=True)).best_file)
+    assert max((plain[k] - checkpointed[k]).abs().max().item() for k in plain) < 1e-6  # recomputed, not changed
+    assert not pipe.unet.training and not pipe.unet.config.use_checkpoint  # put back as it was
+    bf16 = load_file(finetune(pipe, photos, tmp_path / "bf16", FinetuneSettings(**base, precision="bf16")).best_file)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in bf16.values())  # float32 adapters
+    assert any(not torch.equal(bf16[k], plain[k]) for k in plain)
+    with pytest.raises(UserError, match="precision must be one of"):
+        finetune(pipe, photos, tmp_path / "x", FinetuneSettings(**base, precision="fp8"))
+
+
+def test_a_prompt_naming_a_fine_tuned_subject_is_read_as_written(setup, tmp_path):
+    from noisecraft.settings import Request
+
+    pipe, photos = load(setup)
+    result = finetune(pipe, photos, tmp_path / "run", FinetuneSettings(steps=2, rank=4, alpha=4, checkpoint_every=2,
+                                                                       name="acme", samples=False))
+
+    class Index:  # a stand-in subject index that swaps every prompt for "apple"
+        def subject_of(self, encoder, prompt):
+            return "apple"
+
+    pipe.conditioner.subjects = Index()
+    assert pipe.resolve(Request("acme box on a table")).subject == "apple"
+    pipe.load_lora(result.best_file)
+    assert pipe.resolve(Request("Acme Box on a table")).subject is None  # the LoRA's subject, as the photos' captions
+    assert pipe.resolve(Request("a pear")).subject == "apple"
+    pipe.unload_loras()
+    assert pipe.resolve(Request("acme box on a table")).subject == "apple"

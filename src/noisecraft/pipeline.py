@@ -116,7 +116,14 @@ class Pipeline:
     @property
     def traits(self) -> ModelTraits:
         return ModelTraits(self.defaults, self.config.image_size, self.size_factor, self.conditioner.conditional,
-                           self.vae is not None, self.denoiser.train_sigmas, self.conditioner.subject)
+                           self.vae is not None, self.denoiser.train_sigmas, self._subject)
+
+    def _subject(self, prompt: str, subject: str | None) -> str | None:
+        """The words the UNet reads: a prompt that names a fine-tuned subject of a loaded LoRA is read as written
+        (the subject index would swap it for a subject the model knew before)."""
+        if subject == "auto" and any(t.lower() in prompt.lower() for t in self._loras.triggers):
+            return None
+        return self.conditioner.subject(prompt, subject)
 
     # -- adapters and memory --------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:

@@ -46,15 +46,16 @@ class LoraPair:
         return (product * scale).reshape(shape)
 
 
-def parse_lora_file(path: str | Path) -> dict[str, LoraPair]:
+def parse_lora_file(path: str | Path, with_metadata: bool = False):
     """Read a LoRA safetensors file into {normalised layer name: LoraPair}.
 
-    Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``.
+    Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``; `with_metadata`:
+    (pairs, the file's metadata).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"no LoRA file at {path}")
-    tensors, _ = read_tensors(path)
+    tensors, metadata = read_tensors(path)
     pairs: dict[str, dict] = {}
     for key, tensor in tensors.items():
         parsed = _parse_key(key)
@@ -72,7 +73,7 @@ def parse_lora_file(path: str | Path) -> dict[str, LoraPair]:
         kinds = sorted({k.split(".")[-2] if "." in k else k for k in list(tensors)[:50]})
         raise ModelFileError(f"{path} holds no LoRA layers noisecraft can read (it reads kohya/A1111 lora_up/lora_down "
                              f"and diffusers/PEFT lora_A/lora_B files; found names like {', '.join(kinds[:4])})")
-    return out
+    return (out, metadata or {}) if with_metadata else out
 
 
 _ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
@@ -114,10 +115,23 @@ def unet_targets(unet: nn.Module, num_res_blocks: int) -> dict[str, nn.Module]:
 def lora_targets(unet: nn.Module, num_res_blocks: int, text_encoder=None) -> dict[str, dict[str, nn.Module]]:
     """Every layer a LoRA file may name, per part (``unet``, ``te1``, ``te2``), under each name it may use."""
     targets = {"unet": unet_targets(unet, num_res_blocks)}
-    for name, module in getattr(text_encoder, "text_lora_targets", dict)().items():
+    for name, module in text_lora_targets(text_encoder).items():
         part, rest = ("te2", name[len("lora_te2_"):]) if name.startswith("lora_te2_") else \
                      ("te1", re.sub(r"^lora_te1?_", "", name))
         targets.setdefault(part, {})[rest] = module
+        # files saved from transformers 5's CLIP, which has no text_model level, name the same layers without it
+        targets[part].setdefault(rest.removeprefix("text_model_"), module)
+    return targets
+
+
+def text_lora_targets(text_encoder) -> dict[str, nn.Linear]:
+    """A text encoder's LoRA-able layers by kohya name (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``,
+    ``lora_te1_...`` / ``lora_te2_...`` for SDXL), from where its `lora_roots` say LoRA files adapt it."""
+    targets = {}
+    for prefix, (root, under) in getattr(text_encoder, "lora_roots", dict)().items():
+        for path, module in root.named_modules():
+            if isinstance(module, nn.Linear) and path.startswith(under):
+                targets[f"{prefix}_{path.replace('.', '_')}"] = module
     return targets
 
 
@@ -126,11 +140,12 @@ class LoraStack:
     """The LoRA files merged into a pipeline's networks, and the original weights to undo them."""
 
     loaded: list[tuple[str, float, str]] = field(default_factory=list)  # (name, scale, A1111 short hash)
+    triggers: list[str] = field(default_factory=list)  # the words that call a fine-tuned subject (`noisecraft finetune`)
     _backup: dict[int, tuple[nn.Module, torch.Tensor]] = field(default_factory=dict)
 
     def apply(self, path: str | Path, scale: float, targets: dict[str, dict[str, nn.Module]]) -> int:
         """Merge one file at `scale`; returns how many layers it changed. Unknown layers are an error."""
-        pairs = parse_lora_file(path)
+        pairs, metadata = parse_lora_file(path, with_metadata=True)
         missing, plan = [], []
         for layer, pair in pairs.items():
             part, _, name = layer.partition(":")
@@ -153,6 +168,9 @@ class LoraStack:
                 self._backup.setdefault(id(module), (module, weight.detach().to('cpu', copy=True)))
                 weight.add_((scale * pair.delta(weight.shape)).to(weight.device, weight.dtype))
         self.loaded.append((Path(path).stem, scale, model_hash(path, digits=12)))
+        trigger = metadata.get("noisecraft_trigger", "").strip()
+        if trigger:
+            self.triggers.append(trigger)
         return len(plan)
 
     def unload(self) -> None:
@@ -162,6 +180,7 @@ class LoraStack:
                 module.weight.copy_(original)
         self._backup.clear()
         self.loaded.clear()
+        self.triggers.clear()
 
 
 def parse_lora_argument(text: str) -> tuple[str, float]:

@@ -244,7 +244,6 @@ class SDTextEncoder(nn.Module):
                                find_embedding=self._find_embedding if self.embeddings else None)
 
     # -- encoding ------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(self, prompts: list[str], *, clip_skip: int | None = None) -> TextEmbedding:
         """tokens [B, 77k, D], pooled [B, P], mask all True; every prompt padded to the same k windows."""
         if not prompts:
@@ -295,16 +294,9 @@ class SDTextEncoder(nn.Module):
         return token
 
     # -- LoRA ----------------------------------------------------------------------------------
-    def text_lora_targets(self) -> dict[str, nn.Linear]:
-        """The encoder layers' Linear modules by kohya LoRA name: ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``
-        (SD1/SD2), ``lora_te1_...`` / ``lora_te2_...`` (SDXL's two encoders).
-
-        diffusers/PEFT keys name modules by path, which `named_modules()` resolves as they are:
-        ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``, ``text_encoder_2.text_model...``.
-        """
-        targets = {}
-        for part in self.parts:
-            for path, module in self.encoder(part.name).named_modules():
-                if isinstance(module, nn.Linear) and path.startswith("text_model.encoder."):
-                    targets[f"{part.kohya}_{path.replace('.', '_')}"] = module
-        return targets
+    def lora_roots(self) -> dict[str, tuple[nn.Module, str]]:
+        """Where LoRA files adapt this encoder: {kohya prefix: (encoder, path prefix)}, ``lora_te`` (SD1/SD2) or
+        ``lora_te1`` / ``lora_te2`` (SDXL's two encoders), the layers under ``text_model.encoder.``
+        (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``). diffusers/PEFT keys name the same modules
+        by path: ``text_encoder.text_model.encoder.layers.0.self_attn.q_proj``, ``text_encoder_2...``."""
+        return {part.kohya: (self.encoder(part.name), "text_model.encoder.") for part in self.parts}

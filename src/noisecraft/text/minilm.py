@@ -96,8 +96,13 @@ class MiniLMEncoder(nn.Module):
             x = layer(x, mask)
         return x
 
-    @torch.no_grad()
+    def lora_roots(self) -> dict[str, tuple[nn.Module, str]]:
+        """Where LoRA files adapt this encoder (`noisecraft finetune --text-encoder`): its BERT layers, as
+        ``lora_te_encoder_layer_0_attention_self_query``."""
+        return {"lora_te": (self, "encoder.")}
+
     def encode(self, prompts: list[str]) -> TextEmbedding:
+        """Token states and sentence vectors (with gradients only when an adapter learns: the weights are frozen)."""
         encodings = self.tokenizer.encode_batch(list(prompts))
         length = max(len(e.ids) for e in encodings)
         ids = torch.zeros(len(encodings), length, dtype=torch.long)

@@ -18,16 +18,21 @@ import math
 import time
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..checkpoints import keymaps
+from ..errors import UserError
 from ..files import replacing
 
 # kohya's default UNet layer set: in every transformer block the attention projections and feed-forward,
 # and the transformer's own in/out projections
 LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
           "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+# kohya's conv set (LoCon, `conv_dim`): the residual blocks' 3x3 convolutions and shortcuts, down- and upsamplers
+CONV_LAYERS = ("in_layers.2", "out_layers.3", "skip_connection", ".op", ".conv")
+# the text encoders' attention and MLP projections (CLIP: q/k/v/out_proj, fc1/fc2; MiniLM: BERT's dense layers)
+TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "query", "key", "value", "dense")
 BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sd2": ("sd_v2", "stable-diffusion-v2-512/lora"),
                  "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"), "noisecraft": ("noisecraft", "noisecraft/lora")}
 
@@ -35,10 +40,11 @@ BASE_VERSIONS = {"sd1": ("sd_v1", "stable-diffusion-v1/lora"), "sd2": ("sd_v2", 
 class LoraLayer(nn.Module):
     """`base` (a Linear or Conv2d, frozen) plus a trainable low-rank update ``(alpha / rank) * up(down(x))``."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
-        self.base, self.rank, self.alpha = base, rank, float(alpha)
-        kind = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.base, self.rank, self.alpha, self.enabled = base, rank, float(alpha), True
+        kind = dict(device=base.weight.device, dtype=dtype or base.weight.dtype)  # float32 adapters on a half model
         if isinstance(base, nn.Conv2d):
             self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False, **kind)
             self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False, **kind)
@@ -57,20 +63,35 @@ class LoraLayer(nn.Module):
         return self.alpha / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.up(self.down(x)) * self.scale
+        out = self.base(x)
+        if not self.enabled:  # the base model exactly (before/after pictures)
+            return out
+        return out + (self.up(self.down(x.to(self.down.weight.dtype))) * self.scale).to(out.dtype)
 
 
-def add_adapters(unet: nn.Module, rank: int = 16, alpha: float = 16.0, layers=LAYERS, seed: int = 0) -> dict[str, LoraLayer]:
-    """Wrap every layer of `unet` whose path ends in one of `layers` in a `LoraLayer` (`down` drawn from a
-    generator seeded by `seed`, so the same run starts the same); {original path: adapter}."""
+def add_adapters(unet: nn.Module, rank: int = 16, alpha: float = 16.0, layers=LAYERS, seed: int = 0,
+                 under: str = "", dtype: torch.dtype | None = None) -> dict[str, LoraLayer]:
+    """Wrap every layer of `unet` whose path ends in one of `layers` (and starts with `under`) in a `LoraLayer`
+    (`down` drawn from a generator seeded by `seed`, so the same run starts the same); {path: adapter}."""
     generator = torch.Generator().manual_seed(seed)
     found = {name: module for name, module in unet.named_modules()
-             if isinstance(module, (nn.Linear, nn.Conv2d)) and name.endswith(tuple(layers))}
+             if isinstance(module, (nn.Linear, nn.Conv2d)) and name.startswith(under) and ("." + name).endswith(tuple(layers))}
     adapters = {}
     for name, module in found.items():
-        adapters[name] = LoraLayer(module, rank, alpha, generator)
+        adapters[name] = LoraLayer(module, rank, alpha, generator, dtype)
         _put(unet, name, adapters[name])
     return adapters
+
+
+def add_text_adapters(text_encoder, rank: int = 16, alpha: float = 16.0, seed: int = 0,
+                      dtype: torch.dtype | None = None) -> dict[str, tuple[nn.Module, dict]]:
+    """Adapters on every text encoder's attention and MLP layers: {kohya prefix: (encoder, {path: adapter})},
+    the prefix ``lora_te`` (SD 1.x/2.x, the built-in model) or ``lora_te1`` / ``lora_te2`` (SDXL)."""
+    roots = getattr(text_encoder, "lora_roots", None)
+    if roots is None:
+        raise UserError("this model's text encoder takes no LoRA adapters")
+    return {prefix: (module, add_adapters(module, rank, alpha, TEXT_LAYERS, seed + 1 + k, under, dtype))
+            for k, (prefix, (module, under)) in enumerate(roots().items())}
 
 
 def adapter_parameters(adapters: dict[str, LoraLayer]) -> list[nn.Parameter]:
@@ -100,14 +121,46 @@ def kohya_name(path: str, family: str, num_res_blocks: int) -> str:
     return "lora_unet_" + path.replace(".", "_")
 
 
-def kohya_tensors(adapters: dict[str, LoraLayer], family: str, num_res_blocks: int) -> dict[str, torch.Tensor]:
+def stems(adapters: dict[str, LoraLayer], family: str, num_res_blocks: int, text: dict | None = None) -> dict[str, LoraLayer]:
+    """{kohya key stem: adapter} for the UNet's adapters and the text encoders' (`add_text_adapters`)."""
+    named = {kohya_name(path, family, num_res_blocks): adapter for path, adapter in adapters.items()}
+    for prefix, (_, layers) in (text or {}).items():
+        named |= {f"{prefix}_{path.replace('.', '_')}": adapter for path, adapter in layers.items()}
+    return named
+
+
+def kohya_tensors(adapters: dict[str, LoraLayer], family: str, num_res_blocks: int, text: dict | None = None) -> dict[str, torch.Tensor]:
     """The adapters as kohya tensors (float32 on the CPU)."""
     tensors = {}
-    for path, adapter in adapters.items():
-        stem = kohya_name(path, family, num_res_blocks)
+    for stem, adapter in stems(adapters, family, num_res_blocks, text).items():
         tensors[f"{stem}.lora_down.weight"] = adapter.down.weight.detach().float().cpu().contiguous()
         tensors[f"{stem}.lora_up.weight"] = adapter.up.weight.detach().float().cpu().contiguous()
         tensors[f"{stem}.alpha"] = torch.tensor(adapter.alpha)
+    return tensors
+
+
+def restore(path, adapters: dict[str, LoraLayer], family: str, num_res_blocks: int, text: dict | None = None) -> None:
+    """Load a kohya file this module wrote back into the same adapters (the best checkpoint, after training)."""
+    tensors = load_file(str(path))
+    with torch.no_grad():
+        for stem, adapter in stems(adapters, family, num_res_blocks, text).items():
+            adapter.down.weight.copy_(tensors[f"{stem}.lora_down.weight"])
+            adapter.up.weight.copy_(tensors[f"{stem}.lora_up.weight"])
+
+
+def peft_tensors(adapters: dict[str, LoraLayer], num_res_blocks: int, text: dict | None = None) -> dict[str, torch.Tensor]:
+    """The adapters in diffusers/PEFT names (``unet.<diffusers path>.lora_A.weight`` / ``lora_B.weight``,
+    ``text_encoder[_2].<path>...``). PEFT files keep no alpha (its config does, and loaders assume alpha =
+    rank), so ``alpha / rank`` is folded into ``lora_B``: the same update either way."""
+    parts = {"lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
+    named = {"unet." + keymaps.unet_ldm_to_diffusers(path + ".weight", num_res_blocks)[: -len(".weight")]: adapter
+             for path, adapter in adapters.items()}
+    for prefix, (_, layers) in (text or {}).items():
+        named |= {f"{parts[prefix]}.{path}": adapter for path, adapter in layers.items()}
+    tensors = {}
+    for name, adapter in named.items():
+        tensors[f"{name}.lora_A.weight"] = adapter.down.weight.detach().float().cpu().contiguous()
+        tensors[f"{name}.lora_B.weight"] = (adapter.up.weight.detach().float() * adapter.scale).cpu().contiguous()
     return tensors
 
 
@@ -125,13 +178,22 @@ def kohya_metadata(adapters: dict[str, LoraLayer], family: str, name: str, extra
 
 
 def save_kohya(path, adapters: dict[str, LoraLayer], family: str, num_res_blocks: int, name: str,
-               extra: dict | None = None):
-    """Write the adapters as a kohya LoRA file, atomically."""
-    tensors = kohya_tensors(adapters, family, num_res_blocks)
+               extra: dict | None = None, text: dict | None = None):
+    """Write the adapters (and the text encoders' `text`) as a kohya LoRA file, atomically."""
+    tensors = kohya_tensors(adapters, family, num_res_blocks, text)
     with replacing(path) as handle:
         handle.write(save(tensors, metadata=kohya_metadata(adapters, family, name, extra)))
     return path
 
 
-__all__ = ["LAYERS", "LoraLayer", "add_adapters", "adapter_parameters", "kohya_metadata", "kohya_name", "kohya_tensors",
-           "remove_adapters", "save_kohya"]
+def save_peft(path, adapters: dict[str, LoraLayer], num_res_blocks: int, text: dict | None = None):
+    """Write the diffusers/PEFT copy (``pipe.load_lora_weights(folder)`` reads it as
+    ``pytorch_lora_weights.safetensors``), atomically."""
+    with replacing(path) as handle:
+        handle.write(save(peft_tensors(adapters, num_res_blocks, text), metadata={"format": "pt"}))
+    return path
+
+
+__all__ = ["CONV_LAYERS", "LAYERS", "TEXT_LAYERS", "LoraLayer", "add_adapters", "add_text_adapters", "adapter_parameters",
+           "kohya_metadata", "kohya_name", "kohya_tensors", "peft_tensors", "remove_adapters", "restore", "save_kohya",
+           "save_peft", "stems"]

@@ -48,6 +48,13 @@ class PhotoSet:
     photos: list[Photo]
     skipped: list[str] = field(default_factory=list)  # "file: why"
     captioned: int = 0  # photos with a caption of their own (not the template)
+    name: str = ""  # what the photos show ("acme storefront"): the words that call it after training
+    class_word: str = ""  # its kind ("storefront"): the prompt of prior-preservation pictures
+
+    @property
+    def prompt(self) -> str:
+        """The template caption: what samples during training and the before/after sheet draw."""
+        return template_caption(self.name, self.class_word)
 
     def buckets(self) -> dict[tuple[int, int], list[int]]:
         """Photo indices by bucket (a batch draws from one bucket)."""
@@ -108,7 +115,7 @@ def load_photos(folder: str | Path, name: str, class_word: str = "", pixels: int
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and not p.stem.endswith(".mask"))
     if len(files) > MAX_PHOTOS:
         raise UserError(f"{folder} has {len(files)} photos; fine-tuning takes at most {MAX_PHOTOS} (5-30 is typical)")
-    listed, found = _captions(folder), PhotoSet([])
+    listed, found = _captions(folder), PhotoSet([], name=name, class_word=class_word)
     for path in files:
         try:
             image = open_photo(path)

@@ -97,10 +97,13 @@ def test_finetune_command_writes_a_lora_that_generate_loads(setup, tmp_path):
     out = tmp_path / "acme.safetensors"
     run = [sys.executable, "-m", "noisecraft.cli"]
     made = subprocess.run([*run, "finetune", photos, "--name", "acme box", "--class-word", "box", "--model", model,
-                           "--out", out, "--steps", "6", "--rank", "4", "--device", "cpu"], capture_output=True, text=True)
+                           "--out", out, "--steps", "6", "--every", "3", "--rank", "4", "--peft", "--device", "cpu"],
+                          capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     assert "5 photo(s) (0 with their own caption), 6 steps" in made.stderr
-    assert made.stdout.startswith(f"{out} (step ") and "held-out loss by step: 6:" in made.stdout
+    assert made.stdout.startswith(f"{out} (step ") and "held-out loss by step: 3: " in made.stdout
+    assert f"before/after: {tmp_path / 'acme-run' / 'before-after.png'}" in made.stdout
+    assert (tmp_path / "acme-diffusers" / "pytorch_lora_weights.safetensors").is_file()
     with safe_open(out, "pt") as handle:
         assert handle.metadata()["ss_output_name"] == "acme" and all(k.startswith("lora_unet_") for k in handle.keys())
     drawn = subprocess.run([*run, "generate", "acme box", "--model", model, "--lora", out, "--steps", "2", "--out",
@@ -108,6 +111,8 @@ def test_finetune_command_writes_a_lora_that_generate_loads(setup, tmp_path):
     assert drawn.returncode == 0, drawn.stderr
     refused = subprocess.run([*run, "finetune", tmp_path / "none", "--name", "x", "--out", out], capture_output=True, text=True)
     assert refused.returncode == 2 and "no such folder of photos" in refused.stderr
+    refused = subprocess.run([*run, "finetune", photos, "--name", "x", "--out", out, "--prior", "3"], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip() == "noisecraft: error: --prior needs --class-word (the kind of thing it is: storefront, mug, van)"
 
 
 def sheet_rows(path, cell: int, count: int) -> list[list]:

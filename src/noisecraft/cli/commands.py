@@ -19,15 +19,18 @@ def cmd_finetune(args) -> int:
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"--out {args.out}: a LoRA file is a .safetensors name")
-    if args.steps is not None and args.steps < 1 or args.rank < 1 or args.lr <= 0:
-        raise UserError("--steps and --rank must be at least 1 and --lr above 0")
+    settings = FinetuneSettings(steps=args.steps, rank=args.rank, alpha=float(args.rank), lr=args.lr, seed=args.seed,
+                                name=out.stem, text_encoder=args.text_encoder, conv=args.conv, prior_images=args.prior,
+                                prior_weight=args.prior_weight, sample_prompts=tuple(args.sample), checkpoint_every=args.every,
+                                samples=not args.no_samples, peft_copy=args.peft)
+    settings.check()
+    if args.prior and not args.class_word.strip():
+        raise UserError("--prior needs --class-word (the kind of thing it is: storefront, mug, van)")
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     native = pipe.config.image_size
     photos = load_photos(args.photos, args.name, args.class_word, pixels=native * native, factor=pipe.size_factor)
     for skipped in photos.skipped:
         print(f"noisecraft: skipped {skipped}", file=sys.stderr)
-    settings = FinetuneSettings(steps=args.steps, rank=args.rank, alpha=float(args.rank), lr=args.lr, seed=args.seed,
-                                name=out.stem)
     total = settings.total_steps(len(photos.photos))
     print(f"{len(photos.photos)} photo(s) ({photos.captioned} with their own caption), {total} steps", file=sys.stderr)
     with tqdm(total=total, desc="finetune", unit="step") as bar:
@@ -40,6 +43,14 @@ def cmd_finetune(args) -> int:
     write_bytes(out, result.best_file.read_bytes())
     held = ", ".join(f"{step}: {loss:.4f}" for step, loss in result.held_out) or "none held out (fewer than 4 photos)"
     print(f"{out} (step {result.best_step} of {result.step}; held-out loss by step: {held})")
+    for label, path in (("samples", result.samples), ("before/after", result.before_after)):
+        if path is not None:
+            print(f"{label}: {path}")
+    if result.peft_file is not None:
+        folder = out.with_name(out.stem + "-diffusers")
+        folder.mkdir(exist_ok=True)
+        write_bytes(folder / result.peft_file.name, result.peft_file.read_bytes())
+        print(f"diffusers/PEFT copy: {folder} (pipe.load_lora_weights(\"{folder}\"))")
     return 0
 
 

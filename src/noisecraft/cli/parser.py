@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16; alpha follows)")
     fine.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     fine.add_argument("--seed", type=int, default=0, help="the run's seed (same photos and seed: the same file)")
+    fine.add_argument("--text-encoder", action="store_true", help="also adapt the text encoder (kohya lora_te_ layers)")
+    fine.add_argument("--conv", action="store_true", help="also adapt the UNet's convolutions (kohya's LoCon set)")
+    fine.add_argument("--prior", type=int, default=0, metavar="N", help="DreamBooth prior preservation with N class "
+                      "pictures the model draws first (needs --class-word; try 50)")
+    fine.add_argument("--prior-weight", type=float, default=1.0, help="weight of the class pictures' loss (default 1)")
+    fine.add_argument("--sample", action="append", default=[], metavar="PROMPT",
+                      help="a prompt to draw at every checkpoint and before/after (repeatable; default: 'a photo of NAME')")
+    fine.add_argument("--every", type=int, default=100, metavar="N", help="checkpoint, held-out loss and samples every N steps")
+    fine.add_argument("--no-samples", action="store_true", help="skip the sample pictures (faster)")
+    fine.add_argument("--peft", action="store_true", help="also write a diffusers/PEFT copy (FILE-diffusers/)")
     fine.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     info = commands.add_parser("info", help="describe a model file", description="Describe a model file.")

@@ -84,9 +84,9 @@ class FinetuneSettings:
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1 or self.rank < 1 or not self.lr > 0 or self.checkpoint_every < 1:
-            raise UserError("steps, rank and checkpoint_every must be at least 1 and lr above 0")
+            raise UserError("--steps, --rank and --every must be at least 1 and --lr above 0")
         if self.prior_images < 0 or self.prior_weight < 0:
-            raise UserError("prior_images and prior_weight cannot be negative")
+            raise UserError("--prior and --prior-weight cannot be negative")
         for name, value, allowed in (("precision", self.precision, ("auto", "fp32", "bf16")),
                                      ("optimizer", self.optimizer, ("auto", "adamw", "adamw8bit"))):
             if value not in allowed:

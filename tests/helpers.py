@@ -53,8 +53,9 @@ def tiny_config(tmp: Path, *, kind: str = "pixel", text: bool = True, steps: int
                        sample=SampleSection(prompts=["a red square"], steps=4), base_dir=tmp)
 
 
-def tiny_model_file(path: Path, *, kind: str = "pixel", text: bool = True, seed: int = 0) -> Path:
-    """A random-weight model file of the given kind, as `noisecraft train` would write it."""
+def tiny_model_file(path: Path, *, kind: str = "pixel", text: bool = True, seed: int = 0, learnable: bool = False) -> Path:
+    """A random-weight model file of the given kind, as `noisecraft train` would write it; `learnable`: with a
+    non-zero output layer (a fresh UNet's is zero, so no adapter inside it could learn anything)."""
     import torch
 
     from noisecraft.checkpoints import ModelConfig, save_model_file
@@ -67,6 +68,9 @@ def tiny_model_file(path: Path, *, kind: str = "pixel", text: bool = True, seed:
     unet_config = UNetConfig(**TINY_UNET | {"in_channels": channels, "out_channels": channels,
                                             "context_dim": 384 if text else None, "adm_in_channels": 384 if text else None})
     unet = UNet(unet_config)
+    if learnable:
+        with torch.no_grad():
+            unet.out[-1].weight.copy_(torch.randn(unet.out[-1].weight.shape) * 0.05)
     config = ModelConfig(kind=kind, unet=unet_config, vae=vae.config if vae else None,
                          text_encoder="minilm" if text else None, image_size=16, name="tiny",
                          defaults={"steps": 4, "guidance_scale": 3.0, "sampler": "euler"})

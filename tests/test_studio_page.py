@@ -447,3 +447,42 @@ def test_brand_picker_and_put_in_a_layout(browser, tmp_path):  # noqa: F811
         page.wait_for_selector("#layout-status.error", timeout=30_000)
         assert "bans" in page.text_content("#layout-status")
         assert page.errors == []
+
+
+def test_train_on_your_photos_from_the_page(browser, tmp_path):  # noqa: F811
+    """Choose photos, name them, train: the page shows the progress and the samples sheet, then the before/after
+    sheet and a download of the LoRA file, whose bytes are the server's kohya file."""
+    from safetensors.torch import load
+
+    from helpers import tiny_model_file
+
+    photos = []
+    for k, colour in enumerate([(220, 30, 30), (30, 200, 40), (30, 60, 220), (230, 210, 20), (200, 40, 200)]):
+        picture = Image.new("RGB", (40, 32), (250, 250, 250))
+        picture.paste(colour, (8, 8, 32, 24))
+        picture.save(tmp_path / f"p{k}.png")
+        photos.append(str(tmp_path / f"p{k}.png"))
+    model = tiny_model_file(tmp_path / "learnable.safetensors", kind="latent", text=True, learnable=True)
+    with running_server(make_pool({entry_for(model, "tiny"): cached_pipeline(model)})) as url:
+        page = open_page(browser, url)
+        page.click("#train-open")
+        page.click("#train-submit")
+        assert page.text_content("#train-status") == "Choose your photos first (5-30 is typical)."
+        page.set_input_files("#train-photos", photos)
+        page.fill("#train-name", "Acme Box")
+        page.fill("#train-class", "box")
+        page.fill("#train-steps", "8")
+        page.click("#train-submit")
+        page.wait_for_selector("#train-status:text('Done: the LoRA kept is from step 8 of 8.')", timeout=120_000)
+        assert "Held-out loss by step: 8: " in page.text_content("#train-status")
+        page.wait_for_function("() => !document.getElementById('train-download').hidden")
+        for image in ("train-samples", "train-after"):  # shown (decoded, not hidden)
+            page.wait_for_function(f"() => {{ const i = document.getElementById('{image}'); return !i.hidden && i.complete && i.naturalWidth > 0; }}")
+        assert page.get_attribute("#train-download", "download") == "acme-box.safetensors"
+        with page.expect_download() as download:
+            page.click("#train-download")
+        assert download.value.suggested_filename == "acme-box.safetensors"
+        tensors = load(open(download.value.path(), "rb").read())
+        assert tensors and all(k.startswith("lora_unet_") for k in tensors)
+        page.screenshot(path=str(ARTIFACTS / "studio-train.png"))
+        assert page.errors == []

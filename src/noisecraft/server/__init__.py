@@ -160,6 +160,7 @@ def serve(options: ServeOptions) -> int:
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after a clean shutdown: the normal way to stop
         pass
     finally:
+        app.state.context.trainings.stop()
         pool.stop()
         sock.close()
         library.close()

@@ -6,14 +6,18 @@ and encode the pictures. The denoising happens in `Pipeline`.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from ..version import __version__
 from .context import Context, ServerSettings
 from .errors import JSONResponse, install_handlers
-from .routes import a1111, docs, gallery, layouts, openai, page, queue, studio
+from .routes import a1111, docs, finetune, gallery, layouts, openai, page, queue, studio
 from .security import ApiKey, Guard, SecurityHeaders, documented_auth
+from .training import Trainings
 from .worker import WorkerPool
 
 PUBLIC_PATHS = ("/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # the page and the API's description
@@ -25,11 +29,11 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library
     settings = settings or ServerSettings()
     app = FastAPI(title="noisecraft", version=__version__, default_response_class=JSONResponse, docs_url=None, redoc_url=None,
                   description="Text-to-image generation with AUTOMATIC1111- and OpenAI-compatible APIs. The web page is at /.")
-    app.state.context = Context(pool, settings, gallery=library)
+    app.state.context = Context(pool, settings, gallery=library, trainings=Trainings(pool, _training_dir(settings, library)))
     app.state.pool = pool
     install_handlers(app)
     openai.install(app)
-    for router in (a1111.router, openai.router, studio.router, gallery.router, layouts.router, queue.router, page.api):
+    for router in (a1111.router, openai.router, studio.router, gallery.router, layouts.router, finetune.router, queue.router, page.api):
         app.include_router(router, dependencies=[Depends(documented_auth)])  # the check itself: AuthMiddleware, below
     app.include_router(page.page)
     docs.install(app)
@@ -45,3 +49,12 @@ def create_app(pool: WorkerPool, settings: ServerSettings | None = None, library
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], allow_credentials=False)
     return app
+
+
+def _training_dir(settings: ServerSettings, library) -> Path:
+    """Where fine-tuning jobs keep their photos and runs: --training-dir, else beside the gallery, else a temporary folder."""
+    if settings.training_dir:
+        return Path(settings.training_dir).expanduser()
+    if library is not None:
+        return Path(library.folder) / "finetune"
+    return Path(tempfile.mkdtemp(prefix="noisecraft-finetune-"))

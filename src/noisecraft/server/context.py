@@ -29,6 +29,7 @@ class ServerSettings:
     brands: dict = field(default_factory=dict)  # name -> `noisecraft.brand.BrandKit` (`serve --brand DIR`)
     sign: bool = False  # sign every picture (`serve --sign`); a kit with sign = true signs its own anyway
     identity: Any = None  # who signs (`serve --certificate/--key`); None: the local identity
+    training_dir: str | None = None  # where fine-tuning jobs keep photos and runs; None: the gallery's folder/finetune
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Context:
     previews: Previews = field(default_factory=Previews)
     gallery: Any = None  # a `noisecraft.gallery.Gallery`, or None: pictures are not kept
     url_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # signs /v1/images/files URLs
+    trainings: Any = None  # the fine-tuning queue (`server.training.Trainings`)
 
 
 def context(request: Request) -> Context:

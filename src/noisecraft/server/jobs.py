@@ -159,6 +159,10 @@ class JobQueue:
         self.seconds_per_job = 2.0  # running mean of job durations, for Retry-After
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- producers (the web handlers) ------------------------------------------------------
     def full(self) -> bool:
         with self._cond:

@@ -23,6 +23,8 @@ from .checkpoints import Source, identify, load_components, model_hash
 from .checkpoints.embeddings import load_textual_inversion
 from .checkpoints.lora import LoraStack, lora_targets
 from .checkpoints.config import ModelConfig
+from .control import ControlledNet
+from .control import prepare as prepare_controls
 from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
 from .devices import default_dtype, pick_device, sequential_offload
 from .errors import UserError, out_of_memory
@@ -132,6 +134,12 @@ class Pipeline:
         LoRA files `noisecraft finetune` makes for it; a file for another network is one sentence."""
         return self._loras.apply(path, float(scale), lora_targets(self.unet, self.config.unet.num_res_blocks, self.text_encoder))
 
+    def load_controlnet(self, path: str | os.PathLike):
+        """A ControlNet file or diffusers folder, on this pipeline's device, for `Control(net, picture, ...)`."""
+        from .checkpoints.controlnet import load_controlnet
+
+        return load_controlnet(path, self.device, self.dtype)
+
     def unload_loras(self) -> None:
         self._loras.unload()
 
@@ -166,11 +174,12 @@ class Pipeline:
 
     def __call__(self, request: Request | Settings | str | None = None, /, *, init_image: Image.Image | None = None,
                  mask_image: Image.Image | None = None, callback: Callable | None = None, output_type: str = "pil",
-                 **fields) -> list[Image.Image] | torch.Tensor:
+                 controls: list | None = None, **fields) -> list[Image.Image] | torch.Tensor:
         """The pictures of a `Settings` (or a `Request`, or a prompt with `Request` fields as keywords), each
         with its A1111 parameters in ``image.info``. With `init_image`: img2img from it at `strength`; with
-        `mask_image` too: repaint only where the mask is white. `callback(step, total_steps, x0)` runs after
-        every sampling step (it may raise to interrupt); `output_type="pt"`: one tensor [N, 3, H, W] in [0, 1]."""
+        `mask_image` too: repaint only where the mask is white; with `controls` (`control.Control`s):
+        ControlNets keep the shape of their pictures. `callback(step, total_steps, x0)` runs after every
+        sampling step (it may raise to interrupt); `output_type="pt"`: one tensor [N, 3, H, W] in [0, 1]."""
         if output_type not in ("pil", "pt"):
             raise UserError(f"output_type must be 'pil' or 'pt', not {output_type!r}")
         if isinstance(request, Settings):
@@ -182,23 +191,44 @@ class Pipeline:
             s = self.resolve(request, init_image=init_image, mask_image=mask_image)
         init = to_tensor(init_image, s.width, s.height) if init_image is not None else None
         mask = mask_tensor(mask_image, s.width, s.height) if mask_image is not None else None
+        if controls and self.inpainting_model:
+            raise UserError("ControlNets are for ordinary models; this is an inpainting model")
+        prepared = prepare_controls(controls, self, s.width, s.height) if controls else None
+        extra = {f"ControlNet {k}": c.label for k, c in enumerate(controls or ())}
         images = []
         for start in range(0, s.num_images, s.batch_size):
             part = s.part(start, min(s.batch_size, s.num_images - start))
             try:
-                pixels = self._generate(part, callback, init, mask)
+                pixels = self._generate(part, callback, init, mask, prepared)
             except torch.OutOfMemoryError:
                 raise out_of_memory(part.num_images, s.width, s.height) from None
             except RuntimeError as error:
                 if "can't allocate memory" in str(error) or "out of memory" in str(error):
                     raise out_of_memory(part.num_images, s.width, s.height) from None
                 raise
-            images += [pixels] if output_type == "pt" else [self._picture(p, part, seed) for p, seed in zip(pixels, part.seeds)]
+            images += [pixels] if output_type == "pt" else [self._picture(p, part, seed, extra) for p, seed in zip(pixels, part.seeds)]
         return torch.cat(images) if output_type == "pt" else images
 
     @torch.no_grad()
-    def _generate(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def _generate(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None,
+                  controls: list | None = None) -> torch.Tensor:
         """One batch: pictures [n, C, H, W] in [0, 1] for images s.seeds[0..n-1]."""
+        if not controls:
+            return self._sample(s, callback, init, mask)
+        net = ControlledNet(self.unet, controls, len(s.sigmas) - 1)
+
+        def counting(step, total, x0):
+            net.step = step
+            if callback is not None:
+                callback(step, total, x0)
+
+        self.denoiser.net = net
+        try:
+            return self._sample(s, counting, init, mask)
+        finally:
+            self.denoiser.net = self.unet
+
+    def _sample(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         spec, sigmas, n = s.sampler, s.sigmas, s.num_images
         guided = s.guidance_scale != 1.0 and self.text_encoder is not None
         cond, uncond = self.conditioner.pair(s.prompt, s.negative_prompt, s.subject, n, (s.width, s.height), guided)
@@ -247,12 +277,13 @@ class Pipeline:
         """Latents (or pixels, for pixel models) to images in [0, 1] (`LatentCodec.decode`)."""
         return self.codec.decode(latents)
 
-    def _picture(self, pixels: torch.Tensor, s: Settings, seed: int) -> Image.Image:
+    def _picture(self, pixels: torch.Tensor, s: Settings, seed: int, extra: dict | None = None) -> Image.Image:
         image = to_pil(pixels)
-        image.info["parameters"] = self.parameters_text(s, seed)
+        image.info["parameters"] = self.parameters_text(s, seed, extra)
         return image
 
-    def parameters_text(self, s: Settings, seed: int) -> str:
+    def parameters_text(self, s: Settings, seed: int, extra: dict | None = None) -> str:
         """The A1111 parameters text of image `seed` of `s`, as this model writes it into its PNGs."""
-        return settings_module.parameters_text(s, seed, model_name=self.name, model_hash=self.hash, loras=self.loras)
+        return settings_module.parameters_text(s, seed, model_name=self.name, model_hash=self.hash, loras=self.loras,
+                                               extra=extra)
 

@@ -49,11 +49,12 @@ def family_of(unet: dict[str, torch.Tensor]) -> str:
     return "sd2" if linear else "sd1"
 
 
-def unet_config_of(unet: dict[str, torch.Tensor], family: str, heads: dict | None = None) -> UNetConfig:
-    """The UNetConfig that fits an original-layout UNet state dict."""
+def unet_config_of(unet: dict[str, torch.Tensor], family: str, heads: dict | None = None, encoder_only: bool = False) -> UNetConfig:
+    """The UNetConfig that fits an original-layout UNet state dict (`encoder_only`: a ControlNet's copy of
+    the first half, which has no output layer)."""
     try:
         model_channels, in_channels = unet["input_blocks.0.0.weight"].shape[:2]
-        out_channels = unet["out.2.weight"].shape[0]
+        out_channels = in_channels if encoder_only else unet["out.2.weight"].shape[0]
     except KeyError as error:
         raise ModelFileError(f"the UNet lacks {error.args[0]}; the file is not a complete Stable Diffusion model") from None
     blocks = sorted({int(m[1]) for k in unet if (m := re.match(r"input_blocks\.(\d+)\.", k))})

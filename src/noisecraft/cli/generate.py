@@ -57,6 +57,25 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     return sides
 
 
+def _controls(args, pipe) -> list:
+    """The --controlnet files paired with the --control pictures (one file may serve every control)."""
+    from ..control import Control, parse_control_argument
+    from ..images import open_image
+
+    if not args.control and not args.controlnet:
+        return []
+    if not args.control or not args.controlnet or len(args.controlnet) not in (1, len(args.control)):
+        raise UserError("give one --controlnet FILE per --control KIND:PICTURE (or one --controlnet for all of them)")
+    nets = [pipe.load_controlnet(path) for path in args.controlnet]
+    controls = []
+    for k, text in enumerate(args.control):
+        kind, picture, strength, start, end = parse_control_argument(text)
+        control = Control(nets[k if len(nets) > 1 else 0], open_image(picture, "--control"), kind, strength, start, end)
+        control.check()
+        controls.append(control)
+    return controls
+
+
 def cmd_generate(args) -> int:
     import time
 
@@ -95,6 +114,7 @@ def cmd_generate(args) -> int:
         head, sep, word = item.rpartition(":")
         path, word = (head, word) if sep and word and not re.search(r"[\\/.]", word) else (item, None)
         pipe.load_textual_inversion(path, word)
+    controls = _controls(args, pipe)
     maker = maker_from(args, pipe)
     kit = maker.kit
     width, height = args.size if args.size else kit.sizes[0] if kit and kit.sizes else (None, None)
@@ -107,7 +127,7 @@ def cmd_generate(args) -> int:
     from ..gallery.pictures import add_picture, open_gallery
 
     library = open_gallery(args.gallery) if args.gallery else None
-    images = pipe(settings, init_image=init, mask_image=mask)
+    images = pipe(settings, init_image=init, mask_image=mask, controls=controls)
     if kit is not None:
         images = [kit.finish(image, args.colour_strength) for image in images]
     for image, path in zip(images, paths):

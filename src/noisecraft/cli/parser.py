@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mask", default=None, metavar="PNG", help="inpainting: repaint where this mask is white")
     gen.add_argument("--outpaint", default=None, metavar="L,T,R,B", help="extend the start picture by these many pixels per side, painting the new area")
     gen.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="merge a LoRA file (repeatable)")
+    gen.add_argument("--controlnet", action="append", default=[], metavar="FILE",
+                     help="a ControlNet file or diffusers folder (repeatable; one per --control, or one for all)")
+    gen.add_argument("--control", action="append", default=[], metavar="KIND:PICTURE[:STRENGTH[:START:END]]",
+                     help="keep the shape of PICTURE: canny (edges found here), tile, or a map you made "
+                          "(depth, lineart, scribble, pose, softedge, seg, normal); e.g. canny:photo.png:0.8")
     gen.add_argument("--embedding", action="append", default=[], metavar="FILE[:WORD]", help="load a textual-inversion embedding, called by WORD (default: its file name) in the prompt (repeatable)")
     gen.add_argument("--vae", default=None, metavar="FILE", help="use this autoencoder instead of the checkpoint's")
     gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")

@@ -300,6 +300,63 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def _transformer_maker(c: UNetConfig, dd: dict):
+    def transformer(ch: int, depth: int) -> SpatialTransformer:
+        heads, dim_head = c.heads(ch)
+        return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer, c.dropout, dd)
+    return transformer
+
+
+def build_encoder(module: nn.Module, c: UNetConfig, dd: dict) -> tuple[list[int], int, int]:
+    """The UNet's first half on `module` (a UNet, or a ControlNet's trainable copy of it): ``time_embed``,
+    ``label_emb`` (with adm_in_channels), ``input_blocks`` and ``middle_block``, in the original names.
+    Returns (the channels of each input block's output, the last channels, the downsampling factor)."""
+    mc, emb_ch = c.model_channels, c.model_channels * 4
+    transformer = _transformer_maker(c, dd)
+    module.time_embed = nn.Sequential(nn.Linear(mc, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd))
+    if c.adm_in_channels:
+        module.label_emb = nn.Sequential(nn.Sequential(
+            nn.Linear(c.adm_in_channels, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd)))
+    module.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1, **dd))])
+    skip_channels, ch, ds = [mc], mc, 1
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks):
+            layers = [ResBlock(ch, emb_ch, mult * mc, c.dropout, dd)]
+            ch = mult * mc
+            if ds in c.attention_resolutions:
+                layers.append(transformer(ch, c.depths[level]))
+            module.input_blocks.append(TimestepEmbedSequential(*layers))
+            skip_channels.append(ch)
+        if level != len(c.channel_mult) - 1:
+            module.input_blocks.append(TimestepEmbedSequential(Downsample(ch, dd)))
+            skip_channels.append(ch)
+            ds *= 2
+    module.middle_block = TimestepEmbedSequential(
+        ResBlock(ch, emb_ch, ch, c.dropout, dd), transformer(ch, c.depth_middle), ResBlock(ch, emb_ch, ch, c.dropout, dd))
+    return skip_channels, ch, ds
+
+
+def embed(module: nn.Module, c: UNetConfig, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """The timestep (+ pooled vector) embedding of `module` (a UNet or ControlNet) for a batch like x."""
+    if c.adm_in_channels and y is None:
+        raise ValueError(f"this UNet needs the pooled vector y [B, {c.adm_in_channels}]")
+    if y is not None and not c.adm_in_channels:
+        raise ValueError("this UNet takes no pooled vector y (its config has no adm_in_channels)")
+    dtype = module.time_embed[0].weight.dtype
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    emb = module.time_embed(timestep_embedding(t, c.model_channels).to(dtype))
+    return emb + module.label_emb(y.to(dtype)) if y is not None else emb
+
+
+def run_block(module: nn.Module, block: TimestepEmbedSequential, h, emb, context, context_mask):
+    """One block, through gradient checkpointing when the config asks for it while training."""
+    if module.config.use_checkpoint and module.training and torch.is_grad_enabled():
+        return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
+    return block(h, emb, context, context_mask)
+
+
 class UNet(nn.Module):
     """The LDM UNet: ``forward(x, t, context, y, context_mask)`` -> the network output (same shape as x).
 
@@ -314,35 +371,10 @@ class UNet(nn.Module):
         c, dd = config, dict(dtype=dtype, device=device)
         self.config = c
         mc, emb_ch = c.model_channels, c.model_channels * 4
-
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            heads, dim_head = c.heads(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer, c.dropout, dd)
-
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd))
-        if c.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(c.adm_in_channels, emb_ch, **dd), nn.SiLU(), nn.Linear(emb_ch, emb_ch, **dd)))
-
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1, **dd))])
-        skip_channels, ch, ds = [mc], mc, 1
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks):
-                layers = [ResBlock(ch, emb_ch, mult * mc, c.dropout, dd)]
-                ch = mult * mc
-                if ds in c.attention_resolutions:
-                    layers.append(transformer(ch, c.depths[level]))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                skip_channels.append(ch)
-            if level != len(c.channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, dd)))
-                skip_channels.append(ch)
-                ds *= 2
-
-        self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, emb_ch, ch, c.dropout, dd), transformer(ch, c.depth_middle), ResBlock(ch, emb_ch, ch, c.dropout, dd))
+        skip_channels, ch, ds = build_encoder(self, c, dd)
 
         self.output_blocks = nn.ModuleList()
+        transformer = _transformer_maker(c, dd)
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks + 1):
                 layers = [ResBlock(ch + skip_channels.pop(), emb_ch, mult * mc, c.dropout, dd)]
@@ -364,36 +396,27 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 y: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                concat: torch.Tensor | None = None) -> torch.Tensor:
+                concat: torch.Tensor | None = None, control: tuple[list, torch.Tensor] | None = None) -> torch.Tensor:
         """eps (or v, x0) for x at timestep t. ``concat`` holds extra input channels appended to x
-        (the original's ``c_concat``: an inpainting model's mask and masked-image latents)."""
+        (the original's ``c_concat``: an inpainting model's mask and masked-image latents); ``control`` a
+        ControlNet's residuals (one per input block, one for the middle), added to the skips and the middle
+        block's output (Zhang et al. 2023)."""
         c = self.config
         if concat is not None:
             x = torch.cat([x, concat.to(x)], dim=1)
-        if c.adm_in_channels and y is None:
-            raise ValueError(f"this UNet needs the pooled vector y [B, {c.adm_in_channels}]")
-        if y is not None and not c.adm_in_channels:
-            raise ValueError("this UNet takes no pooled vector y (its config has no adm_in_channels)")
-        dtype = self.time_embed[0].weight.dtype
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(t, c.model_channels).to(dtype))
-        if y is not None:
-            emb = emb + self.label_emb(y.to(dtype))
+        emb = embed(self, c, x, t, y)
+        dtype = emb.dtype
         if context is not None:
             context = context.to(dtype)
-
-        def run(block: TimestepEmbedSequential, h: torch.Tensor) -> torch.Tensor:
-            if c.use_checkpoint and self.training and torch.is_grad_enabled():
-                return checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
-            return block(h, emb, context, context_mask)
-
         h, skips = x.to(dtype), []
         for block in self.input_blocks:
-            h = run(block, h)
+            h = run_block(self, block, h, emb, context, context_mask)
             skips.append(h)
-        h = run(self.middle_block, h)
+        h = run_block(self, self.middle_block, h, emb, context, context_mask)
+        if control is not None:
+            down, mid = control
+            skips = [skip + residual.to(skip) for skip, residual in zip(skips, down, strict=True)]
+            h = h + mid.to(h)
         for block in self.output_blocks:
-            h = run(block, torch.cat([h, skips.pop()], dim=1))
+            h = run_block(self, block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h).to(x.dtype)

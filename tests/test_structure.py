@@ -20,7 +20,7 @@ FLOORS = {
     "noisecraft.version": 0, "noisecraft.errors": 0, "noisecraft.files": 0,
     "noisecraft.devices": 1, "noisecraft.images": 1, "noisecraft.pngmeta": 1, "noisecraft.presets": 1,
     "noisecraft.schedules": 2, "noisecraft.samplers": 2, "noisecraft.denoiser": 2, "noisecraft.latents": 2,
-    "noisecraft.models": 2, "noisecraft.text": 2,
+    "noisecraft.models": 2, "noisecraft.text": 2, "noisecraft.control": 2,
     "noisecraft.checkpoints": 3,
     "noisecraft.settings": 4, "noisecraft.pipeline": 4,
     "noisecraft.train": 5, "noisecraft.datasets": 5, "noisecraft.upscale": 5, "noisecraft.studio": 5,

@@ -12,6 +12,7 @@ it is). Each ControlNet's residuals are scaled by its strength and added only on
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from .errors import UserError
 
 GIVEN = ("none", "depth", "lineart", "scribble", "pose", "softedge", "seg", "normal")
 PREPROCESSORS = ("canny", "tile", *GIVEN)
+RESIZES = ("just", "crop", "fill")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Control:
     end: float = 1.0
     low: int = 100  # canny thresholds
     high: int = 200
+    resize: str = "just"  # to the output size: "just" (stretch, as diffusers), "crop" (cover, centred), "fill" (fit, black bars)
 
     def check(self) -> None:
         if self.preprocessor not in PREPROCESSORS:
@@ -45,6 +48,8 @@ class Control:
             raise UserError(f"control start and end must be fractions with start < end, not {self.start:g} and {self.end:g}")
         if not (0 <= self.low <= self.high <= 255):
             raise UserError("canny thresholds must be 0 <= low <= high <= 255")
+        if self.resize not in RESIZES:
+            raise UserError(f"control resize must be one of {', '.join(RESIZES)}, not {self.resize!r}")
 
     @property
     def label(self) -> str:
@@ -82,10 +87,23 @@ def preprocess(image: Image.Image, kind: str, low: int = 100, high: int = 200) -
     return Image.fromarray(edges).convert("RGB")
 
 
-def hint_tensor(picture: Image.Image, width: int, height: int, device, dtype) -> torch.Tensor:
-    """[1, 3, H, W] in [0, 1] at the output size (Lanczos, as diffusers' control image processor)."""
-    if picture.size != (width, height):
-        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+def fitted(picture: Image.Image, width: int, height: int, resize: str = "just") -> Image.Image:
+    """The control picture at the output size: stretched, cropped to cover (A1111's "Crop and Resize") or fitted
+    inside with black bars ("Resize and Fill"); Lanczos, as diffusers' control image processor."""
+    from PIL import ImageOps
+
+    if picture.size == (width, height):
+        return picture
+    if resize == "crop":
+        return ImageOps.fit(picture, (width, height), Image.Resampling.LANCZOS)
+    if resize == "fill":
+        return ImageOps.pad(picture, (width, height), Image.Resampling.LANCZOS, color=(0, 0, 0))
+    return picture.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def hint_tensor(picture: Image.Image, width: int, height: int, device, dtype, resize: str = "just") -> torch.Tensor:
+    """[1, 3, H, W] in [0, 1] at the output size."""
+    picture = fitted(picture, width, height, resize)
     array = np.asarray(picture, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
 
@@ -111,8 +129,34 @@ class ControlledNet(nn.Module):
         return self.unet(x, t, **cond, control=None if down is None else (down, mid))
 
 
-def prepare(controls: list[Control], pipe, width: int, height: int) -> list[tuple]:
-    """Each control checked against the pipeline (its family, its sizes) and its picture made ready."""
+@contextmanager
+def controlled(denoiser, unet: nn.Module, controls: list[tuple] | None, steps: int, callback):
+    """While sampling with `controls` (from `prepare`): the denoiser's network is the `ControlledNet`; yields
+    the callback to give the sampler (it also advances the network's step). Without controls: as it was."""
+    if not controls:
+        yield callback
+        return
+    net = ControlledNet(unet, controls, steps)
+
+    def counting(step, total, x0):
+        net.step = step
+        if callback is not None:
+            callback(step, total, x0)
+
+    denoiser.net = net
+    try:
+        yield counting
+    finally:
+        denoiser.net = unet
+
+
+def prepare(controls: list[Control] | None, pipe, width: int, height: int) -> tuple[list[tuple] | None, dict]:
+    """Each control checked against the pipeline (its family, its sizes) and its picture made ready, and the
+    PNG parameters entries that name them."""
+    if not controls:
+        return None, {}
+    if pipe.inpainting_model:
+        raise UserError("ControlNets are for ordinary models; this is an inpainting model")
     prepared = []
     f = pipe.config.downsample_factor
     for control in controls:
@@ -125,10 +169,10 @@ def prepare(controls: list[Control], pipe, width: int, height: int) -> list[tupl
         if module.downsampling != f:
             raise UserError(f"ControlNet {net.name} reads control pictures at {module.downsampling}x the latents' size; "
                             f"this model's latents are 1/{f} of the picture")
-        picture = preprocess(control.image, control.preprocessor, control.low, control.high)
+        picture = preprocess(fitted(control.image, width, height, control.resize), control.preprocessor, control.low, control.high)
         hint = hint_tensor(picture, width, height, pipe.device, pipe.dtype)
         prepared.append((module, hint, control.strength, control.start, control.end))
-    return prepared
+    return prepared, {f"ControlNet {k}": c.label for k, c in enumerate(controls)}
 
 
-__all__ = ["Control", "ControlledNet", "PREPROCESSORS", "hint_tensor", "parse_control_argument", "prepare", "preprocess"]
+__all__ = ["Control", "ControlledNet", "controlled", "PREPROCESSORS", "hint_tensor", "parse_control_argument", "prepare", "preprocess"]

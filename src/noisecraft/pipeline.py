@@ -10,7 +10,9 @@ image a single run with seed+k makes, and CPU and GPU runs start from the same n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Callable
@@ -23,7 +25,8 @@ from .checkpoints import Source, identify, load_components, model_hash
 from .checkpoints.embeddings import load_textual_inversion
 from .checkpoints.lora import LoraStack, lora_targets
 from .checkpoints.config import ModelConfig
-from .control import ControlledNet
+from .checkpoints.controlnet import load_controlnet
+from .control import controlled
 from .control import prepare as prepare_controls
 from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
 from .devices import default_dtype, pick_device, sequential_offload
@@ -36,6 +39,27 @@ from .samplers import to_vp
 from .settings import Limits, ModelTraits, Request, Settings
 from .text.conditioner import Conditioner
 from .text.subjects import SubjectIndex
+
+def _subject(pipe: "Pipeline", prompt: str, subject: str | None) -> str | None:
+    """The words the UNet reads: a prompt that names a fine-tuned subject of a loaded LoRA is read as written
+    (the subject index would swap it for a subject the model knew before)."""
+    if subject == "auto" and any(t.lower() in prompt.lower() for t in pipe._loras.triggers):
+        return None
+    return pipe.conditioner.subject(prompt, subject)
+
+
+@contextlib.contextmanager
+def _memory_errors(part: Settings):
+    """Out of memory, on any device, as one sentence saying what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise out_of_memory(part.num_images, part.width, part.height) from None
+    except RuntimeError as error:
+        if "can't allocate memory" in str(error) or "out of memory" in str(error):
+            raise out_of_memory(part.num_images, part.width, part.height) from None
+        raise
+
 
 class BatchNoise:
     """Standard normal noise from one CPU generator per image, moved to the sampling device."""
@@ -56,10 +80,8 @@ class BatchNoise:
 class Pipeline:
     """A loaded model ready to make pictures: ``Pipeline.from_pretrained(path)("a palm tree")``.
 
-    Loads noisecraft models and Stable Diffusion 1.x / 2.x / SDXL checkpoints (single files and
-    diffusers folders); makes pictures from text, from a start image (img2img) and inside a mask
-    (inpainting; real inpainting checkpoints or mask-blended latents for ordinary ones).
-    """
+    Loads noisecraft models and Stable Diffusion 1.x / 2.x / SDXL checkpoints; makes pictures from text, from a
+    start image (img2img), inside a mask (inpainting) and in the shape of control pictures (ControlNet)."""
 
     def __init__(self, config: ModelConfig, unet: UNet, vae: AutoencoderKL | None, text_encoder, *,
                  device: torch.device, dtype: torch.dtype = torch.float32, name: str = "", file: Path | None = None,
@@ -76,9 +98,8 @@ class Pipeline:
     def from_pretrained(cls, path: str | os.PathLike | Source | None = None, *, device: str | torch.device = "auto",
                         dtype: torch.dtype | None = None, vae: str | os.PathLike | None = None,
                         prediction: str | None = None) -> "Pipeline":
-        """Load a noisecraft model (file or folder), a Stable Diffusion single file (``.safetensors``, or a
-        legacy ``.ckpt`` read as weights only) or a diffusers folder; no path: the built-in model. `vae` swaps
-        in a standalone autoencoder; `prediction` ("eps" or "v") overrides what the file implies."""
+        """A noisecraft model, a Stable Diffusion single file (legacy ``.ckpt`` read as weights only) or diffusers folder;
+        no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"): overrides the file's."""
         device = pick_device(device)
         dtype = dtype or default_dtype(device)
         source = path if isinstance(path, Source) else identify(path)
@@ -118,26 +139,16 @@ class Pipeline:
     @property
     def traits(self) -> ModelTraits:
         return ModelTraits(self.defaults, self.config.image_size, self.size_factor, self.conditioner.conditional,
-                           self.vae is not None, self.denoiser.train_sigmas, self._subject)
-
-    def _subject(self, prompt: str, subject: str | None) -> str | None:
-        """The words the UNet reads: a prompt that names a fine-tuned subject of a loaded LoRA is read as written
-        (the subject index would swap it for a subject the model knew before)."""
-        if subject == "auto" and any(t.lower() in prompt.lower() for t in self._loras.triggers):
-            return None
-        return self.conditioner.subject(prompt, subject)
+                           self.vae is not None, self.denoiser.train_sigmas, functools.partial(_subject, self))
 
     # -- adapters and memory --------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
-        """Merge a LoRA file (kohya/A1111 or diffusers/PEFT) at `scale` (call again to stack more; `unload_loras`
-        restores the original weights); returns the number of layers changed. A noisecraft model takes the
-        LoRA files `noisecraft finetune` makes for it; a file for another network is one sentence."""
+        """Merge a LoRA file (kohya/A1111 or diffusers/PEFT; `noisecraft finetune`'s for noisecraft models) at `scale`;
+        call again to stack more, `unload_loras` to restore the weights. Returns the number of layers changed."""
         return self._loras.apply(path, float(scale), lora_targets(self.unet, self.config.unet.num_res_blocks, self.text_encoder))
 
     def load_controlnet(self, path: str | os.PathLike):
         """A ControlNet file or diffusers folder, on this pipeline's device, for `Control(net, picture, ...)`."""
-        from .checkpoints.controlnet import load_controlnet
-
         return load_controlnet(path, self.device, self.dtype)
 
     def unload_loras(self) -> None:
@@ -191,21 +202,12 @@ class Pipeline:
             s = self.resolve(request, init_image=init_image, mask_image=mask_image)
         init = to_tensor(init_image, s.width, s.height) if init_image is not None else None
         mask = mask_tensor(mask_image, s.width, s.height) if mask_image is not None else None
-        if controls and self.inpainting_model:
-            raise UserError("ControlNets are for ordinary models; this is an inpainting model")
-        prepared = prepare_controls(controls, self, s.width, s.height) if controls else None
-        extra = {f"ControlNet {k}": c.label for k, c in enumerate(controls or ())}
+        prepared, extra = prepare_controls(controls, self, s.width, s.height)
         images = []
         for start in range(0, s.num_images, s.batch_size):
             part = s.part(start, min(s.batch_size, s.num_images - start))
-            try:
+            with _memory_errors(part):
                 pixels = self._generate(part, callback, init, mask, prepared)
-            except torch.OutOfMemoryError:
-                raise out_of_memory(part.num_images, s.width, s.height) from None
-            except RuntimeError as error:
-                if "can't allocate memory" in str(error) or "out of memory" in str(error):
-                    raise out_of_memory(part.num_images, s.width, s.height) from None
-                raise
             images += [pixels] if output_type == "pt" else [self._picture(p, part, seed, extra) for p, seed in zip(pixels, part.seeds)]
         return torch.cat(images) if output_type == "pt" else images
 
@@ -213,20 +215,8 @@ class Pipeline:
     def _generate(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None,
                   controls: list | None = None) -> torch.Tensor:
         """One batch: pictures [n, C, H, W] in [0, 1] for images s.seeds[0..n-1]."""
-        if not controls:
+        with controlled(self.denoiser, self.unet, controls, len(s.sigmas) - 1, callback) as callback:
             return self._sample(s, callback, init, mask)
-        net = ControlledNet(self.unet, controls, len(s.sigmas) - 1)
-
-        def counting(step, total, x0):
-            net.step = step
-            if callback is not None:
-                callback(step, total, x0)
-
-        self.denoiser.net = net
-        try:
-            return self._sample(s, counting, init, mask)
-        finally:
-            self.denoiser.net = self.unet
 
     def _sample(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         spec, sigmas, n = s.sampler, s.sigmas, s.num_images

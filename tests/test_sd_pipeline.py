@@ -35,8 +35,10 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
 PROMPT, NEGATIVE = "a product shot of a red teapot, soft light", "blurry, low quality"
 
 
-def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction: str = "eps", unet=None, vae=None):
-    """(single file, diffusers folder) of one reduced random model of `family` (`unet`, `vae`: use these instead)."""
+def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction: str = "eps", unet=None, vae=None,
+                   resolution: int | None = None):
+    """(single file, diffusers folder) of one reduced random model of `family` (`unet`, `vae`: use these instead;
+    `resolution`: the single file declares this native size in its model spec metadata)."""
     scheduler = diffusers.EulerDiscreteScheduler.from_config(SD_SCHEDULER, prediction_type="v_prediction" if prediction == "v" else "epsilon")
     vae = vae or make_vae(family)
     if family == "sdxl":
@@ -59,6 +61,8 @@ def build_sd_model(tmp: Path, family: str, *, inpaint: bool = False, prediction:
     folder = tmp / f"{family}-diffusers"
     pipe.save_pretrained(folder)
     metadata = {"modelspec.prediction_type": "v"} if prediction == "v" else {}
+    if resolution:
+        metadata["modelspec.resolution"] = f"{resolution}x{resolution}"
     single = write_single_file(tmp / f"{family}.safetensors", unet, vae, text, metadata)
     return single, folder
 

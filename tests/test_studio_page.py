@@ -486,3 +486,40 @@ def test_train_on_your_photos_from_the_page(browser, tmp_path):  # noqa: F811
         assert tensors and all(k.startswith("lora_unet_") for k in tensors)
         page.screenshot(path=str(ARTIFACTS / "studio-train.png"))
         assert page.errors == []
+
+
+def test_keep_the_shape_of_a_photo(browser, tmp_path):  # noqa: F811
+    """With a ControlNet offered, the page's "keep the shape of a photo" sends the photo's edges with the grid:
+    the pictures say so in their parameters and differ from the same seeds without it."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    from noisecraft.checkpoints.controlnet import read_controlnet
+    from noisecraft.server.controlnets import offer
+    from test_controlnet import make_controlnet, shape_picture
+    from test_sd_pipeline import build_sd_model
+
+    single, folder = build_sd_model(tmp_path, "sd1", resolution=32)  # drawn at 32x32, not SD's 512 (a fast test)
+    assert cached_pipeline(single).config.image_size == 32
+    make_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet).save_pretrained(tmp_path / "net")
+    _, state, _, _ = read_controlnet(tmp_path / "net")
+    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, tmp_path / "shape-net.safetensors")
+    shape_picture().resize((128, 128)).save(tmp_path / "shape.png")
+    settings = ServerSettings(controlnets=offer([str(tmp_path / "shape-net.safetensors")]))
+    with Gallery(tmp_path / "gallery") as gallery, \
+            running_server(make_pool({entry_for(single, "tiny-sd1"): cached_pipeline(single)}), settings, gallery=gallery) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        page = open_page(browser, url)
+        page.wait_for_selector("#control-field", state="visible")  # shown once /controlnet/model_list names one
+        plain = imagine(page, "a teapot --seed 3 --steps 4")
+        page.set_input_files("#control-photo", str(tmp_path / "shape.png"))
+        page.wait_for_selector("#control-note:text('The next pictures keep the shape of shape.png.')")
+        shaped = imagine(page, "a teapot --seed 3 --steps 4")
+        parameters = Image.open(io.BytesIO(client.get(item(client, shaped[0])["image_url"]).content)).info["parameters"]
+        assert 'ControlNet 0: "Module: canny, Model: shape-net [' in parameters and "Weight: 0.8" in parameters
+        assert "ControlNet" not in Image.open(io.BytesIO(client.get(item(client, plain[0])["image_url"]).content)).info["parameters"]
+        a = np.asarray(Image.open(io.BytesIO(client.get(item(client, plain[0])["image_url"]).content)).convert("RGB"), dtype=float)
+        b = np.asarray(Image.open(io.BytesIO(client.get(item(client, shaped[0])["image_url"]).content)).convert("RGB"), dtype=float)
+        assert np.abs(a - b).mean() > 1.0
+        page.screenshot(path=str(ARTIFACTS / "studio-control.png"))
+        assert page.errors == []

@@ -81,7 +81,7 @@ def load_single_file(file: Path, name: str, *, fmt: str, header: dict | None, pr
     unet_config = unet_config_of(unet, family)
     text = {k: v for k, v in state.items() if k.startswith(TEXT_PREFIXES)}
     config = model_config(family, unet_config, vae_config_of(vae, family),
-                          prediction_of(family, metadata, unet_config, unet, prediction), name)
+                          prediction_of(family, metadata, unet_config, unet, prediction), name, metadata)
     return SDCheckpoint(config, {"unet": unet, "vae": vae}, file, family, text_state=text)
 
 

@@ -132,10 +132,14 @@ def _looks_like_v(config: UNetConfig, unet: dict[str, torch.Tensor]) -> bool:
     return (out - x).mean().item() < -1
 
 
-def model_config(family: str, unet_config: UNetConfig, vae_config: VAEConfig, prediction: str, name: str) -> ModelConfig:
+def model_config(family: str, unet_config: UNetConfig, vae_config: VAEConfig, prediction: str, name: str,
+                 metadata: dict | None = None) -> ModelConfig:
     image_size = FAMILY_DEFAULTS[family]["image_size"]
     if family == "sd2" and prediction == "eps":
         image_size = 512
+    declared = re.fullmatch(r"\s*(\d{2,5})\s*x\s*(\d{2,5})\s*", str((metadata or {}).get("modelspec.resolution", "")))
+    if declared and declared[1] == declared[2]:  # the model spec's native size ("1024x1024"), when square
+        image_size = int(declared[1])
     return ModelConfig(kind="latent", unet=unet_config, vae=vae_config, text_encoder=f"clip-{family}",
                        prediction=prediction, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                        num_train_timesteps=1000, image_size=image_size, name=name, defaults=dict(SD_DEFAULTS))

@@ -157,6 +157,6 @@ def cmd_serve(args) -> int:
                               cors_origins=args.cors_origin, allowed_hosts=args.allowed_host, devices=devices,
                               queue_size=args.queue_size,
                               max_images=args.max_images, max_side=args.max_size, gallery=args.gallery,
-                              gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler,
+                              gallery_db=args.gallery_db, no_gallery=args.no_gallery, upscalers=args.upscaler, controlnets=args.controlnet,
                               presets=args.presets, brands=args.brand, sign=args.sign, certificate=args.certificate,
                               key=args.key))

@@ -238,4 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--certificate", default=None, metavar="PEM", help="sign with this certificate chain (default: a local identity)")
     srv.add_argument("--key", default=None, metavar="PEM", help="the private key of --certificate")
     srv.add_argument("--upscaler", action="append", default=[], metavar="FILE", help="offer this ESRGAN-family upscaler file (repeatable)")
+    srv.add_argument("--controlnet", action="append", default=[], metavar="FILE", help="offer this ControlNet file or diffusers "
+                     "folder to the A1111 ControlNet API and the page (repeatable)")
     return parser

@@ -45,6 +45,7 @@ class ServeOptions:
     gallery_db: str | None = None  # database URL; None: SQLite in the folder
     no_gallery: bool = False
     upscalers: list[str] = field(default_factory=list)  # ESRGAN-family files
+    controlnets: list[str] = field(default_factory=list)  # ControlNet files or diffusers folders, offered by "name [hash]"
     presets: list[str] = field(default_factory=list)  # presets files offered besides the built-in ones
     brands: list[str] = field(default_factory=list)  # brand kit folders, offered by their names
     sign: bool = False  # every picture signed (C2PA + watermark)
@@ -129,6 +130,9 @@ def serve(options: ServeOptions) -> int:
     if options.no_gallery and (options.gallery or options.gallery_db):
         raise UserError("--no-gallery keeps no pictures; leave out --gallery and --gallery-db")
     upscalers = _upscalers(options.upscalers)
+    from .controlnets import offer
+
+    controlnets = offer(options.controlnets)
     presets = combined(options.presets)
     brands = _brands(options.brands)
     signer = _signer(options)
@@ -146,7 +150,8 @@ def serve(options: ServeOptions) -> int:
     settings = ServerSettings(api_key=options.api_key or None, cors_origins=list(options.cors_origins),
                               allowed_hosts=allowed_hosts(options.host, options.allowed_hosts),
                               limits=Limits(max_images=options.max_images, max_side=options.max_side), upscalers=upscalers,
-                              presets=presets, brands=brands, sign=options.sign, identity=signer)
+                              presets=presets, brands=brands, sign=options.sign, identity=signer,
+                              controlnets=controlnets)
     app = create_app(pool, settings, library)
     port = sock.getsockname()[1]
     shown = f"[{options.host}]" if ":" in options.host else options.host

@@ -29,6 +29,7 @@ class ServerSettings:
     brands: dict = field(default_factory=dict)  # name -> `noisecraft.brand.BrandKit` (`serve --brand DIR`)
     sign: bool = False  # sign every picture (`serve --sign`); a kit with sign = true signs its own anyway
     identity: Any = None  # who signs (`serve --certificate/--key`); None: the local identity
+    controlnets: dict = field(default_factory=dict)  # title -> `server.controlnets.Offered` (`serve --controlnet`)
     training_dir: str | None = None  # where fine-tuning jobs keep photos and runs; None: the gallery's folder/finetune
 
 

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import UserError
-from . import schemas
+from . import controlnets, schemas
 from .context import Context
 from .errors import FieldError, JSONResponse, field_error, field_of, unprocessable
 from .library import remember
@@ -53,7 +53,8 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         drawn = schemas.to_request(req, ctx.settings.presets, kit)
     except UserError as error:
         raise FieldError("prompt" if error.field == "prompt" else "styles", str(error)) from None  # a banned word, a preset
-    job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits,
+    controls = await run_in_threadpool(controlnets.units, req.alwayson_scripts, ctx.settings.controlnets)
+    job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits, controls=controls or None,
               upscale=upscale, touch_up=kit.finish if kit else None, signer=identity(ctx, kit) if signs(ctx, kit) else None)
     if req.force_task_id:
         job.id = req.force_task_id

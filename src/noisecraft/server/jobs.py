@@ -79,6 +79,7 @@ class Job:
     signer: Any = None  # a provenance Identity: the pictures are handed out and kept signed (server/signing.py)
     files: dict = field(default_factory=dict)  # (picture id, format, quality) -> its signed file
     source: bytes | None = None  # the PNG file an edit started from: a signed picture's parent ingredient
+    controls: list | None = None  # `server.controlnets.Unit`s: ControlNets and their pictures
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: str = "queued"  # queued, running, done, interrupted, failed, cancelled
     created: float = field(default_factory=time.monotonic)

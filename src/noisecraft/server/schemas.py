@@ -49,6 +49,8 @@ class GenerationRequest(BaseModel):
     force_task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue")
     styles: list[str] = Field(default_factory=list, description="presets to apply (names from /sdapi/v1/prompt-styles)")
     brand: str | None = Field(None, description="noisecraft: a brand kit's name (GET /brands): its words, then its colour step")
+    alwayson_scripts: dict[str, Any] | None = Field(None, description="the ControlNet extension's units "
+                                                    "({\"controlnet\": {\"args\": [...]}}); other scripts are ignored")
     enable_hr: bool = Field(False, description="hires fix: draw, upscale by hr_scale, redraw at denoising_strength")
     hr_scale: float = 2.0
     hr_upscaler: str | None = Field(None, description="a name from /sdapi/v1/upscalers; Latent modes are done as Lanczos")

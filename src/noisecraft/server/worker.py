@@ -41,6 +41,7 @@ class Worker:
         self.queue, self.device, self.loader = queue, device, loader
         self.entry: ModelEntry | None = None
         self.pipe = None
+        self.controlnets: dict = {}  # path -> a ControlNet loaded on this device, kept for the next request
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"noisecraft-worker-{device}", daemon=True)
 
@@ -131,6 +132,7 @@ class Worker:
     def _draw(self, job: Job, pipe, images: list) -> None:
         """The job's images, one batch per Pipeline call; `images` holds those done if it is interrupted."""
         s = job.settings
+        extra = {"controls": [unit.control(self._controlnet(pipe, unit.offered.path)) for unit in job.controls]} if job.controls else {}
         starts = list(range(0, s.num_images, s.batch_size))
         job.chunks = len(starts)
         for index, start in enumerate(starts):
@@ -138,7 +140,7 @@ class Worker:
                 raise Interrupted
             job.chunk = index
             part = s.part(start, min(s.batch_size, s.num_images - start))
-            drawn = pipe(part, init_image=job.init_image, mask_image=job.mask_image,
+            drawn = pipe(part, init_image=job.init_image, mask_image=job.mask_image, **extra,
                          callback=lambda step, total, x0, i=index: self._on_step(job, i, step, total, x0))
             if job.upscale is not None:  # the second pass, picture by picture, each with its own seed
                 drawn = [self._upscaled(job, pipe, image, dataclasses.replace(job.request, seed=seed), index)
@@ -148,6 +150,12 @@ class Worker:
             images += drawn
             job.images = list(images)
             job.fraction = (index + 1) / len(starts)
+
+    def _controlnet(self, pipe, path):
+        if path not in self.controlnets:
+            log.info("loading ControlNet %s on %s", path, self.device)
+            self.controlnets[path] = pipe.load_controlnet(path)
+        return self.controlnets[path]
 
     def _upscaled(self, job: Job, pipe, image, request: Request, chunk: int):
         """`image` through `job.upscale` (its prompt, sampler and seed from `request`)."""

@@ -13,7 +13,7 @@ from ...pngmeta import parse_parameters
 from ...upscale import MAX_SCALE, enlarge, upscaler_name
 from ...samplers import SAMPLERS, SCHEDULERS
 from ..context import Context, context
-from .. import upscalers
+from .. import controlnets, upscalers
 from ..encoding import decode_image, png_base64
 from ..errors import FieldError
 from ..generation import answer, generate, submit_and_wait, unknown_model
@@ -110,6 +110,43 @@ def fit(image, width: int, height: int, upscaler, crop: bool):
     big = enlarge(image, w, h, upscaler)
     left, top = (w - width) // 2, (h - height) // 2
     return big.crop((left, top, left + width, top + height))
+
+
+@router.get("/controlnet/model_list")
+async def controlnet_models(ctx: Context = Depends(context)):
+    """The ControlNet extension's model list: the files this server offers (`serve --controlnet`)."""
+    return {"model_list": list(ctx.settings.controlnets)}
+
+
+@router.get("/controlnet/module_list")
+async def controlnet_modules():
+    """The preprocessors: canny (edges found here), tile_resample, and none or a map's kind for maps you made."""
+    return controlnets.module_list()
+
+
+@router.get("/controlnet/version")
+async def controlnet_version():
+    return {"version": 2}
+
+
+@router.post("/controlnet/detect")
+async def controlnet_detect(body: dict = Body(...)):
+    """The pictures as a preprocessor turns them into control maps (`controlnet_module`, `controlnet_images`)."""
+    from ...control import preprocess
+
+    module = str(body.get("controlnet_module", "none")).lower()
+    if module not in controlnets.MODULES:
+        raise FieldError("controlnet_module", f"module {module!r} needs a detector model noisecraft cannot download here")
+    pictures = body.get("controlnet_images")
+    if not isinstance(pictures, list) or not 1 <= len(pictures) <= controlnets.MAX_UNITS:
+        raise FieldError("controlnet_images", f"send 1 to {controlnets.MAX_UNITS} pictures as controlnet_images")
+    low, high = (controlnets.threshold(body.get(k), d) for k, d in (("controlnet_threshold_a", 100), ("controlnet_threshold_b", 200)))
+
+    def work():
+        return [png_base64(preprocess(decode_image(p, ("controlnet_images", k)), controlnets.MODULES[module], low, high))
+                for k, p in enumerate(pictures)]
+
+    return {"images": await run_in_threadpool(work), "info": "Success"}
 
 
 @router.get("/sdapi/v1/progress")

@@ -5,6 +5,7 @@ each with its lineage (parent, operation, strength). The operations themselves: 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,7 @@ from ...errors import UserError
 from ...images import load_picture
 from ...settings import Request as DrawRequest
 from ...upscale import CREATIVE, SUBTLE
+from .. import controlnets
 from ..context import Context, context
 from ..encoding import decode_image
 from ..errors import FieldError
@@ -37,6 +39,8 @@ class Imagine(BaseModel):
     prompt: str = Field(description="what to draw, with Midjourney's flags: --ar 16:9 --seed 7 --no text --chaos 20 --q 2")
     negative_prompt: str = Field("", description="added to --no")
     brand: str | None = Field(None, description="a brand kit's name (GET /brands): its words, then its colour step")
+    control: dict[str, Any] | None = Field(None, description="keep the shape of a photo: an A1111 ControlNet unit "
+                                           "{image (base64), model (GET /controlnet/model_list), module (canny), weight}")
     task_id: str | None = Field(None, pattern=TASK_ID, description="your id for this job, for GET /queue and its cancel")
 
 
@@ -70,8 +74,10 @@ async def imagine(request: Request, body: Imagine = Body(...), ctx: Context = De
     except UserError as error:
         raise FieldError("prompt", str(error)) from None
     step.request = dataclasses.replace(step.request, prompt=words, negative_prompt=negative)
+    controls = [await run_in_threadpool(controlnets.unit_of, body.control, ctx.settings.controlnets, ("control",))] \
+        if body.control else None
     return await run(ctx, request, step, None, flags=flags, task_id=body.task_id, touch_up=kit.finish if kit else None,
-                     signer=identity(ctx, kit) if signs(ctx, kit) else None)
+                     signer=identity(ctx, kit) if signs(ctx, kit) else None, controls=controls)
 
 
 @router.post("/{item_id}/{operation}")
@@ -118,7 +124,7 @@ async def change(item_id: int, operation: str, request: Request, body: Change = 
 
 
 async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: studio.Flags | None = None,
-              task_id: str | None = None, touch_up=None, signer=None, source: bytes | None = None):
+              task_id: str | None = None, touch_up=None, signer=None, source: bytes | None = None, controls=None):
     """Draw a studio step (four pictures; one job per guidance scale when --chaos spreads them) into the gallery."""
     scales = step.guidance or [None]
     share = step.request.num_images // len(scales)
@@ -130,7 +136,7 @@ async def run(ctx: Context, request: Request, step: studio.Step, parent, flags: 
         if guidance is not None and step.request.seed is None and jobs:  # a random first seed: the others follow it
             part = dataclasses.replace(part, seed=jobs[0].settings.seed + k * share)
         job = Job(ctx.pool.current, request=part, init_image=step.init, mask_image=step.mask, limits=ctx.settings.limits,
-                  touch_up=touch_up, signer=signer, source=source)
+                  touch_up=touch_up, signer=signer, source=source, controls=controls)
         if task_id:  # with --chaos the grid is several jobs: the id names each in turn
             job.id = task_id
         failure = await _draw(ctx, request, job)

@@ -434,7 +434,8 @@ async function imagine(text = null, negative = null) {
     return;
   }
   const brand = $("brand").value || null;
-  const result = await studio("/studio/imagine", { prompt, negative_prompt: negativePrompt, brand }, "Imagining");
+  const control = typeof controlUnit === "function" ? controlUnit() : null;  // control.js: "keep the shape of a photo"
+  const result = await studio("/studio/imagine", { prompt, negative_prompt: negativePrompt, brand, ...(control ? { control } : {}) }, "Imagining");
   if (!result) return;
   addGrid(result, { text: prompt, negative: negativePrompt });
   setStatus(`Done: 4 pictures in ${result.seconds} s (${seedsText(result.items)}).`);

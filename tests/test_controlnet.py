@@ -45,6 +45,16 @@ def make_controlnet(unet, seed: int = 7):
     return net.eval()
 
 
+def write_controlnet(unet, folder, single):
+    """A random ControlNet of `unet` as a diffusers folder and, the same weights, as an original-layout single
+    file (control_model.*, named by noisecraft's key map; the folder is what proves the map against diffusers)."""
+    net = make_controlnet(unet)
+    net.save_pretrained(folder)
+    _, state, _, _ = read_controlnet(folder)
+    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, single)
+    return net
+
+
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])
 def setup(request, tmp_path_factory):
     family = request.param
@@ -52,11 +62,7 @@ def setup(request, tmp_path_factory):
     single, folder = build_sd_model(root, family)
     cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
     base = cls.from_pretrained(folder)
-    net = make_controlnet(base.unet)
-    net.save_pretrained(root / "controlnet-diffusers")
-    # the same weights in the original single-file layout (control_model.*), named by our key map
-    config, state, _, _ = read_controlnet(root / "controlnet-diffusers")
-    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, root / "control.safetensors")
+    net = write_controlnet(base.unet, root / "controlnet-diffusers", root / "control.safetensors")
     return family, single, base, net, root
 
 
@@ -153,9 +159,7 @@ def test_cli_control_flags(tmp_path, capsys):
 
     single, folder = build_sd_model(tmp_path, "sd1")
     root = tmp_path
-    make_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet).save_pretrained(root / "net")
-    config, state, _, _ = read_controlnet(root / "net")
-    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, root / "control.safetensors")
+    write_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet, root / "net", root / "control.safetensors")
     shape_picture().save(tmp_path / "shape.png")
     common = ["generate", PROMPT, "--model", str(single), "--steps", "3", "--size", str(SIZE), "--seed", "1", "--device", "cpu"]
     assert main(common + ["--out", str(tmp_path / "c.png"), "--controlnet", str(root / "control.safetensors"),

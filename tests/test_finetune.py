@@ -215,3 +215,31 @@ def test_a_prompt_naming_a_fine_tuned_subject_is_read_as_written(setup, tmp_path
     assert pipe.resolve(Request("a pear")).subject == "apple"
     pipe.unload_loras()
     assert pipe.resolve(Request("acme box on a table")).subject == "apple"
+
+
+def test_8bit_adamw_trains_and_a_killed_run_resumes_exactly(setup, tmp_path):
+    """bitsandbytes' AdamW8bit (the CUDA default) here on the CPU: rank 64 makes the feed-forward adapters
+    large enough (>= 4096 values) for its 8-bit state; its state is checkpointed and resumed bit-exactly."""
+    pytest.importorskip("bitsandbytes")
+    settings = FinetuneSettings(steps=6, rank=64, alpha=64, lr=1e-3, checkpoint_every=3, name="acme", optimizer="adamw8bit",
+                                samples=False)
+    pipe, photos = load(setup)
+    whole = finetune(pipe, photos, tmp_path / "whole", settings)
+    assert all(loss == loss for _, loss in whole.held_out)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, total, loss):
+        if step == 5:
+            raise Killed
+
+    pipe, photos = load(setup)
+    with pytest.raises(Killed):
+        finetune(pipe, photos, tmp_path / "cut", settings, progress=kill_at_5)
+    pipe, photos = load(setup)
+    finetune(pipe, photos, tmp_path / "cut", settings)
+    a, b = load_file(tmp_path / "whole" / "acme-last.safetensors"), load_file(tmp_path / "cut" / "acme-last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = load_file(finetune(*load(setup), tmp_path / "plain", FinetuneSettings(**{**settings.__dict__, "optimizer": "adamw"})).best_file)
+    assert any(not torch.equal(plain[k], a[k]) for k in a)  # a different optimizer: different weights

@@ -93,3 +93,26 @@ def test_full_size_sdxl_text_encoders():
         emb = ours.encode([prompt])
     print(f"SDXL text encoders max rel diff: tokens {rel(emb.tokens, tokens):.1e}, pooled {rel(emb.pooled, pooled):.1e}")
     assert rel(emb.tokens, tokens) <= TOLERANCE and rel(emb.pooled, pooled) <= TOLERANCE
+
+
+def test_full_size_sd15_controlnet():
+    """A full-size SD 1.5 ControlNet (its real hint embedding, 16-32-96-256, /8) against diffusers' ControlNetModel."""
+    from noisecraft.checkpoints.controlnet import ControlNetConfig, build, from_diffusers
+
+    torch.manual_seed(0)
+    ref = diffusers.ControlNetModel(**SD15_UNET).eval()
+    with torch.no_grad():  # its zero convolutions start at zero: make every residual matter
+        for name, p in ref.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                p.normal_(0, 0.02)
+    config = ControlNetConfig(sd_config.unet_config_from_diffusers(dict(ref.config)))
+    ours = build_module(build, config, from_diffusers(ref.state_dict(), config), "cpu", torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x, hint, t = torch.randn(1, 4, 32, 32, generator=g), torch.rand(1, 3, 256, 256, generator=g), torch.tensor([700.0])
+    context = torch.randn(1, 77, 768, generator=g)
+    with torch.no_grad():
+        down, mid = ref(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+        ours_down, ours_mid = ours(x, hint, t, context)
+    diff = max(rel(a, b) for a, b in zip([*ours_down, ours_mid], [*down, mid]))
+    print(f"SD 1.5 ControlNet residuals max rel diff {diff:.1e}")
+    assert diff <= TOLERANCE

@@ -15,13 +15,10 @@ from PIL import Image
 webuiapi = pytest.importorskip("webuiapi")
 diffusers = pytest.importorskip("diffusers")
 
-from safetensors.torch import save_file  # noqa: E402
-
-from test_controlnet import make_controlnet, shape_picture  # noqa: E402
+from test_controlnet import shape_picture, write_controlnet  # noqa: E402
 from test_sd_pipeline import PROMPT, SIZE, build_sd_model  # noqa: E402
 from server_fixtures import cached_pipeline, entry_for, make_pool, running_server  # noqa: E402
 
-from noisecraft.checkpoints.controlnet import read_controlnet  # noqa: E402
 from noisecraft.control import Control, preprocess  # noqa: E402
 from noisecraft.server.context import ServerSettings  # noqa: E402
 from noisecraft.server.controlnets import offer  # noqa: E402
@@ -31,9 +28,7 @@ from noisecraft.server.controlnets import offer  # noqa: E402
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("control-server")
     single, folder = build_sd_model(root, "sd1")
-    make_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet).save_pretrained(root / "net")
-    _, state, _, _ = read_controlnet(root / "net")
-    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, root / "canny-test.safetensors")
+    write_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet, root / "net", root / "canny-test.safetensors")
     offered = offer([str(root / "canny-test.safetensors")])
     pipe = cached_pipeline(single)
     settings = ServerSettings(controlnets=offered)

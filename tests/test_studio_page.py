@@ -492,18 +492,13 @@ def test_keep_the_shape_of_a_photo(browser, tmp_path):  # noqa: F811
     """With a ControlNet offered, the page's "keep the shape of a photo" sends the photo's edges with the grid:
     the pictures say so in their parameters and differ from the same seeds without it."""
     import diffusers
-    from safetensors.torch import save_file
-
-    from noisecraft.checkpoints.controlnet import read_controlnet
     from noisecraft.server.controlnets import offer
-    from test_controlnet import make_controlnet, shape_picture
+    from test_controlnet import shape_picture, write_controlnet
     from test_sd_pipeline import build_sd_model
 
     single, folder = build_sd_model(tmp_path, "sd1", resolution=32)  # drawn at 32x32, not SD's 512 (a fast test)
     assert cached_pipeline(single).config.image_size == 32
-    make_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet).save_pretrained(tmp_path / "net")
-    _, state, _, _ = read_controlnet(tmp_path / "net")
-    save_file({f"control_model.{k}": v.contiguous() for k, v in state.items()}, tmp_path / "shape-net.safetensors")
+    write_controlnet(diffusers.StableDiffusionPipeline.from_pretrained(folder).unet, tmp_path / "net", tmp_path / "shape-net.safetensors")
     shape_picture().resize((128, 128)).save(tmp_path / "shape.png")
     settings = ServerSettings(controlnets=offer([str(tmp_path / "shape-net.safetensors")]))
     with Gallery(tmp_path / "gallery") as gallery, \

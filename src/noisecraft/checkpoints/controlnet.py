@@ -47,7 +47,8 @@ class LoadedControlNet:
         return f"{self.name} [{self.hash}]"
 
 
-def _build(config: ControlNetConfig) -> ControlNet:
+def build(config: ControlNetConfig) -> ControlNet:
+    """The ControlNet module of `config` (random weights; `load_controlnet` gives it a file's)."""
     return ControlNet(config.unet, config.hint_channels, config.embedding)
 
 
@@ -75,7 +76,7 @@ def config_of(state: dict[str, torch.Tensor]) -> tuple[ControlNetConfig, str]:
 def diffusers_names(config: ControlNetConfig) -> dict[str, str]:
     """original name -> diffusers name, for every parameter of a ControlNet of `config`."""
     with torch.device("meta"):
-        keys = _build(config).state_dict().keys()
+        keys = build(config).state_dict().keys()
     convs = sorted({int(k.split(".")[1]) for k in keys if k.startswith("input_hint_block.")})
     hint = {convs[0]: "controlnet_cond_embedding.conv_in", convs[-1]: "controlnet_cond_embedding.conv_out"}
     hint |= {index: f"controlnet_cond_embedding.blocks.{j}" for j, index in enumerate(convs[1:-1])}
@@ -95,7 +96,8 @@ def diffusers_names(config: ControlNetConfig) -> dict[str, str]:
     return names
 
 
-def _from_diffusers(state: dict[str, torch.Tensor], config: ControlNetConfig) -> dict[str, torch.Tensor]:
+def from_diffusers(state: dict[str, torch.Tensor], config: ControlNetConfig) -> dict[str, torch.Tensor]:
+    """A diffusers-named ControlNet state dict in the original layout."""
     inverse = {v: k for k, v in diffusers_names(config).items()}
     try:
         return keymaps.rename(state, inverse)
@@ -144,7 +146,7 @@ def read_controlnet(path: str | Path) -> tuple[ControlNetConfig, dict[str, torch
             raise ModelFileError(f"{path}/config.json is missing or not JSON; copy the folder again") from None
         state, _ = read_tensors(file)
         config = _config_from_diffusers(config_json)
-        state = _from_diffusers(state, config)
+        state = from_diffusers(state, config)
     elif path.is_file():
         file = path
         state, _ = read_tensors(file)
@@ -152,7 +154,7 @@ def read_controlnet(path: str | Path) -> tuple[ControlNetConfig, dict[str, torch
             beside = path.with_name("config.json")
             config_json = json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else _guess_diffusers_config(state)
             config = _config_from_diffusers(config_json)
-            state = _from_diffusers(state, config)
+            state = from_diffusers(state, config)
         else:
             state = {k.removeprefix("control_model."): v for k, v in state.items() if not k.startswith(("lora_", "cond_stage_model."))}
             config, _ = config_of(state)
@@ -164,9 +166,10 @@ def read_controlnet(path: str | Path) -> tuple[ControlNetConfig, dict[str, torch
 
 def load_controlnet(path: str | Path, device, dtype) -> LoadedControlNet:
     config, state, family, file = read_controlnet(path)
-    module = build_module(_build, config, state, device, dtype)
+    module = build_module(build, config, state, device, dtype)
     name = Path(path).name if Path(path).is_dir() else Path(path).stem
     return LoadedControlNet(module, family, name, model_hash(file))
 
 
-__all__ = ["ControlNetConfig", "LoadedControlNet", "config_of", "diffusers_names", "load_controlnet", "read_controlnet"]
+__all__ = ["ControlNetConfig", "LoadedControlNet", "build", "config_of", "diffusers_names", "from_diffusers", "load_controlnet",
+           "read_controlnet"]

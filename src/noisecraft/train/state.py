@@ -18,6 +18,7 @@ from ..checkpoints.io import read_safetensors_header, sniff, write_safetensors
 from ..errors import ModelFileError
 
 CHECKPOINT = "checkpoint.safetensors"
+NESTED = "|"  # joins a nested optimizer state's names (bitsandbytes' quantised state) in a tensor key
 
 
 def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -30,7 +31,10 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
         state = optimizer.state_dict()
         for index, param_state in state["state"].items():
             for field, value in param_state.items():
-                tensors[f"{name}.{index}.{field}"] = torch.as_tensor(value).detach().cpu().contiguous()
+                inner = value if isinstance(value, dict) else {None: value}  # bitsandbytes nests its quantised state
+                for key, item in inner.items():
+                    label = field if key is None else f"{field}{NESTED}{key}"
+                    tensors[f"{name}.{index}.{label}"] = torch.as_tensor(item).detach().cpu().clone()  # (shared maps: copies)
         metadata[f"{name}_groups"] = json.dumps(state["param_groups"])
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
@@ -79,7 +83,12 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
             state: dict[int, dict] = {}
             for key, value in parts.get(name, {}).items():
                 index, _, field = key.partition(".")
-                state.setdefault(int(index), {})[field] = value if field == "step" else value.to(device)
+                field, nested, inner = field.partition(NESTED)
+                value = value if field == "step" else value.to(device)
+                if nested:
+                    state.setdefault(int(index), {}).setdefault(field, {})[inner] = value
+                else:
+                    state.setdefault(int(index), {})[field] = value
             optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata[f"{name}_groups"])})
         torch.set_rng_state(parts["rng"]["torch"])
     except (RuntimeError, KeyError, ValueError) as error:

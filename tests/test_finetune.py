@@ -243,3 +243,20 @@ def test_8bit_adamw_trains_and_a_killed_run_resumes_exactly(setup, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     plain = load_file(finetune(*load(setup), tmp_path / "plain", FinetuneSettings(**{**settings.__dict__, "optimizer": "adamw"})).best_file)
     assert any(not torch.equal(plain[k], a[k]) for k in a)  # a different optimizer: different weights
+
+
+def test_flip_learns_from_mirror_images_too(setup, tmp_path):
+    from PIL import ImageOps
+
+    from noisecraft.images import to_tensor
+    from noisecraft.train.finetune import prepare
+
+    pipe, photos = load(setup)
+    items = prepare(pipe, photos, flip=True)
+    with torch.no_grad():
+        mirrored = pipe.codec.encode(to_tensor(ImageOps.mirror(photos.photos[0].image), *photos.photos[0].bucket))
+    assert torch.equal(items[0]["mirror"][0], mirrored) and "mirror" not in prepare(pipe, photos)[0]
+    base = dict(steps=6, rank=4, alpha=4, lr=1e-2, checkpoint_every=6, name="acme", samples=False)
+    plain = load_file(finetune(pipe, photos, tmp_path / "plain", FinetuneSettings(**base)).best_file)
+    flipped = load_file(finetune(pipe, photos, tmp_path / "flip", FinetuneSettings(**base, flip=True)).best_file)
+    assert any(not torch.equal(plain[k], flipped[k]) for k in plain)

@@ -113,28 +113,30 @@ def test_peft_itself_loads_the_copy(trained):
     assert rel(ours_float(ours, prompt=PROMPT, **DRAW), image) <= IMAGE_TOLERANCE
 
 
-def test_files_written_by_diffusers_and_peft_load_into_noisecraft(tmp_path):
-    """A LoRA made with PEFT on diffusers' UNet and text encoder (`init_lora_weights=False`: B random, not zero),
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_files_written_by_diffusers_and_peft_load_into_noisecraft(tmp_path, family):
+    """A LoRA made with PEFT on diffusers' UNet and text encoders (`init_lora_weights=False`: B random, not zero),
     saved by diffusers' `save_lora_weights`: noisecraft's picture with it merged = diffusers' with it loaded."""
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
-    single, folder = build_sd_model(tmp_path, "sd1")
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    single, folder = build_sd_model(tmp_path, family)
+    pipe = theirs(family, folder)
     torch.manual_seed(0)
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                      target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]))
-    # (PEFT itself for the text encoder: transformers 5's `add_adapter` wants a newer PEFT than PyPI has here)
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                       target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), pipe.text_encoder)
-    diffusers.StableDiffusionPipeline.save_lora_weights(
-        tmp_path / "theirs", unet_lora_layers=get_peft_model_state_dict(pipe.unet),
-        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder))
+    encoders = ["text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    for name in encoders:  # (PEFT itself: transformers 5's `add_adapter` wants a newer PEFT than PyPI has here)
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), getattr(pipe, name))
+    layers = {"unet_lora_layers": get_peft_model_state_dict(pipe.unet)} | \
+        {f"{name}_lora_layers": get_peft_model_state_dict(getattr(pipe, name)) for name in encoders}
+    type(pipe).save_lora_weights(tmp_path / "theirs", **layers)
     expected = theirs_float(pipe, prompt=PROMPT, generator=torch.Generator().manual_seed(3), **THEIRS)
     ours = Pipeline.from_pretrained(single, device="cpu")
     plain = ours_float(ours, prompt=PROMPT, **DRAW)
     changed = ours.load_lora(tmp_path / "theirs" / "pytorch_lora_weights.safetensors")
-    assert changed == len(get_peft_model_state_dict(pipe.unet)) // 2 + len(get_peft_model_state_dict(pipe.text_encoder)) // 2
+    assert changed == sum(len(state) // 2 for state in layers.values())
     image = ours_float(ours, prompt=PROMPT, **DRAW)
     assert rel(image, plain) > 100 * IMAGE_TOLERANCE
     assert rel(image, expected) <= IMAGE_TOLERANCE

@@ -20,7 +20,7 @@ def cmd_finetune(args) -> int:
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"--out {args.out}: a LoRA file is a .safetensors name")
     settings = FinetuneSettings(steps=args.steps, rank=args.rank, alpha=float(args.rank), lr=args.lr, seed=args.seed,
-                                name=out.stem, text_encoder=args.text_encoder, conv=args.conv, prior_images=args.prior,
+                                name=out.stem, text_encoder=args.text_encoder, conv=args.conv, flip=args.flip, prior_images=args.prior,
                                 prior_weight=args.prior_weight, sample_prompts=tuple(args.sample), checkpoint_every=args.every,
                                 samples=not args.no_samples, peft_copy=args.peft)
     settings.check()

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--seed", type=int, default=0, help="the run's seed (same photos and seed: the same file)")
     fine.add_argument("--text-encoder", action="store_true", help="also adapt the text encoder (kohya lora_te_ layers)")
     fine.add_argument("--conv", action="store_true", help="also adapt the UNet's convolutions (kohya's LoCon set)")
+    fine.add_argument("--flip", action="store_true", help="also learn from mirror images (leave off for text and logos)")
     fine.add_argument("--prior", type=int, default=0, metavar="N", help="DreamBooth prior preservation with N class "
                       "pictures the model draws first (needs --class-word; try 50)")
     fine.add_argument("--prior-weight", type=float, default=1.0, help="weight of the class pictures' loss (default 1)")

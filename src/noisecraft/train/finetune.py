@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +64,7 @@ class FinetuneSettings:
     conv: bool = False  # and on the UNet's convolutions (kohya's LoCon set)
     prior_images: int = 0  # DreamBooth prior preservation: class pictures the base model draws (0: off)
     prior_weight: float = 1.0
+    flip: bool = False  # also learn from mirror images (off: text and logos would be learned backwards)
     precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 on CUDA
     gradient_checkpointing: bool | None = None  # None: on CUDA
     optimizer: str = "auto"  # "adamw", "adamw8bit" (bitsandbytes) or "auto": 8-bit on CUDA when it imports
@@ -138,20 +140,31 @@ class _Run:
 
 
 # -- the data -----------------------------------------------------------------------------------
-def _item(pipe, image, caption: str, size: tuple[int, int], weights=None) -> dict:
+def _latents(pipe, image, size: tuple[int, int], weights) -> tuple[torch.Tensor, torch.Tensor | None]:
     pixels = to_tensor(image, *size).to(pipe.device, pipe.dtype)  # [1, 3, H, W] in [-1, 1]
     x0 = pipe.codec.encode(pixels) if pipe.vae is not None else pixels
     if weights is not None:
-        mask = torch.from_numpy(weights)[None, None].to(pipe.device, torch.float32)
+        mask = torch.from_numpy(np.ascontiguousarray(weights))[None, None].to(pipe.device, torch.float32)
         weights = F.adaptive_avg_pool2d(mask, x0.shape[-2:])
         weights = weights / weights.mean().clamp(min=1e-6)
-    return {"x0": x0, "weights": weights, "caption": caption, "size": size, "cond": pipe.conditioner.encode([caption], size)}
+    return x0, weights
 
 
-def prepare(pipe, photos: PhotoSet) -> list[dict]:
-    """Per photo: its latents (the posterior mean), its loss weights at the latents' size, its conditioning."""
+def _item(pipe, image, caption: str, size: tuple[int, int], weights=None, flip: bool = False) -> dict:
+    x0, loss_weights = _latents(pipe, image, size, weights)
+    item = {"x0": x0, "weights": loss_weights, "caption": caption, "size": size, "cond": pipe.conditioner.encode([caption], size)}
+    if flip:  # the mirror image, encoded once too
+        from PIL import ImageOps
+
+        item["mirror"] = _latents(pipe, ImageOps.mirror(image), size, None if weights is None else weights[:, ::-1])
+    return item
+
+
+def prepare(pipe, photos: PhotoSet, flip: bool = False) -> list[dict]:
+    """Per photo: its latents (the posterior mean), its loss weights at the latents' size, its conditioning
+    (and, with `flip`, the mirror image's latents and weights)."""
     with torch.no_grad():
-        return [_item(pipe, photo.image, photo.caption, photo.bucket, photo.weights) for photo in photos.photos]
+        return [_item(pipe, photo.image, photo.caption, photo.bucket, photo.weights, flip) for photo in photos.photos]
 
 
 def prior_pictures(pipe, photos: PhotoSet, folder: Path, count: int, seed: int) -> list[dict]:
@@ -210,7 +223,7 @@ def finetune(pipe, photos: PhotoSet, out: str | Path, settings: FinetuneSettings
     settings.check()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    items = prepare(pipe, photos)
+    items = prepare(pipe, photos, settings.flip)
     held = items.pop() if len(items) >= 4 else None  # the last photo (by name) is held out
     prior = prior_pictures(pipe, photos, out / "class-pictures", settings.prior_images, settings.seed + 100_000) \
         if settings.prior_images else []
@@ -289,6 +302,8 @@ def _train(run: _Run, progress) -> FinetuneResult:
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         order = torch.randperm(len(run.items), generator=torch.Generator().manual_seed(s.seed + step // len(run.items)))
         item = run.items[int(order[step % len(run.items)])]
+        if s.flip and bool(torch.rand(1, generator=g) < 0.5):
+            item = item | dict(zip(("x0", "weights"), item["mirror"]))
         sigma = sigmas[torch.randint(0, len(sigmas), (1,), generator=g)]
         noise = torch.randn(item["x0"].shape, generator=g).to(item["x0"])
         optimizer.zero_grad(set_to_none=True)

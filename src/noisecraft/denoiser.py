@@ -86,6 +86,10 @@ class Denoiser(nn.Module):
     def t_to_sigma(self, t) -> torch.Tensor:
         return schedules.t_to_sigma(torch.as_tensor(t, dtype=torch.float64, device=self.sigmas.device), self.sigmas)
 
+    def noised(self, x0: torch.Tensor, sigma, noise: torch.Tensor) -> torch.Tensor:
+        """x at sigma in the samplers' VE form: x0 + sigma * noise (`FlowDenoiser.noised` is the flow's)."""
+        return x0 + float(sigma) * noise
+
     def network_output(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
         """The network's native output for x at sigma, with the scalings (sigma and c_in, broadcast like x)."""
         sigma = torch.as_tensor(sigma, device=x.device)
@@ -116,6 +120,68 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: dict | None = None) -> torch.Tensor:
         """x0_hat for x = x0 + sigma * noise; sigma a scalar or [B] tensor; cond -> net(**cond)."""
+        out, s, c_in = self.network_output(x, sigma, cond)
+        return self.from_prediction(x, s, c_in, out)
+
+
+class FlowDenoiser(nn.Module):
+    """x0_hat = D(x, sigma) for a flow-matching network `net(x, t, **cond)` that predicts the velocity
+    v = noise - x0 along x = (1 - sigma) x0 + sigma noise (rectified flow; Esser et al. 2024, SD3; FLUX).
+
+    x0 = x - sigma v, so the samplers' Euler step x + (sigma' - sigma)(x - x0)/sigma is the flow's own Euler
+    step x + (sigma' - sigma) v (diffusers' FlowMatchEulerDiscreteScheduler). The network sees x itself
+    (c_in = 1) and t = sigma * num_train_timesteps. Sampling sigmas come from `schedules.flow_sigmas`.
+    """
+
+    prediction = "flow"
+
+    def __init__(self, net: nn.Module, num_train_timesteps: int = 1000, shift: float = 1.0):
+        super().__init__()
+        self.net, self.timesteps, self.shift = net, num_train_timesteps, shift
+        grid = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+        self._sigmas64 = schedules.flow_shift(grid, shift)  # ascending, like Denoiser's
+        self.register_buffer("sigmas", self._sigmas64.clone().float(), persistent=False)
+
+    @property
+    def train_sigmas(self) -> torch.Tensor:
+        return self._sigmas64
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.timesteps
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigmas64[0].item()
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigmas64[-1].item()
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        return torch.as_tensor(sigma, dtype=torch.float64) * self.timesteps
+
+    def noised(self, x0: torch.Tensor, sigma, noise: torch.Tensor) -> torch.Tensor:
+        """x at sigma on the straight path from x0 to noise (img2img's start, inpainting's kept region)."""
+        s = float(sigma)
+        return (1 - s) * x0 + s * noise
+
+    def network_output(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        s = _bcast(sigma, x)
+        t = (sigma.to(torch.float64) * self.timesteps).to(x.device, torch.promote_types(x.dtype, torch.float32))
+        out = self.net(x, t, **(cond or {}))
+        return out.to(x.dtype), s, torch.ones_like(s)
+
+    def from_prediction(self, x, s, c_in, out):
+        return x - s * out
+
+    def to_prediction(self, x, s, c_in, x0):
+        return (x - x0) / s
+
+    def forward(self, x: torch.Tensor, sigma, cond: dict | None = None) -> torch.Tensor:
         out, s, c_in = self.network_output(x, sigma, cond)
         return self.from_prediction(x, s, c_in, out)
 

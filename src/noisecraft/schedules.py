@@ -157,3 +157,42 @@ def sampling_sigmas(train_sigmas: torch.Tensor, steps: int, spacing: str = "lins
                              dtype=torch.float64).exp()
     last = train[:1] if final_sigma == "min" else torch.zeros(1, dtype=torch.float64)
     return torch.cat([sig, last])
+
+
+# -- flow matching (rectified flow: x = (1 - sigma) x0 + sigma noise, sigma in [0, 1]) --------------------------
+def flow_shift(sigmas, shift: float) -> torch.Tensor:
+    """Stable Diffusion 3's static shift (Esser et al. 2024, Sec. 5.3.2): ``s sigma / (1 + (s - 1) sigma)``;
+    s = 3.0 for SD3/3.5, larger s spends more steps at high noise."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_time_shift(sigmas, mu: float) -> torch.Tensor:
+    """FLUX's resolution-dependent shift: ``e^mu / (e^mu + 1/sigma - 1)`` (the static shift with s = e^mu)."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+
+
+def flow_mu(image_tokens: int, base_tokens: int = 256, max_tokens: int = 4096, base_shift: float = 0.5,
+            max_shift: float = 1.15) -> float:
+    """FLUX's mu, linear in the image's token count: base_shift at base_tokens, max_shift at max_tokens."""
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    return image_tokens * slope + base_shift - slope * base_tokens
+
+
+def flow_sigmas(steps: int, *, shift: float | None = None, mu: float | None = None,
+                num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The `steps + 1` descending sigmas (last 0) a flow-matching model is sampled at, float64: diffusers'
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` with a static `shift` (SD3) or a resolution `mu` (FLUX).
+
+    The grid is linear from sigma_max to sigma_min of the training schedule, then shifted: with a static
+    shift the training schedule is itself shifted (so its sigma_min is shift(1/T)), with mu it is not."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+        raise UserError(f"steps must be a positive whole number, got {steps!r}.")
+    if (shift is None) == (mu is None):
+        raise UserError("flow sigmas take a static shift or a resolution mu, one of the two")
+    T = num_train_timesteps
+    sigma_min = 1 / T if mu is not None else float(flow_shift(1 / T, shift))
+    grid = torch.from_numpy(np.linspace(T, sigma_min * T, int(steps))) / T
+    sig = flow_time_shift(grid, mu) if mu is not None else flow_shift(grid, shift)
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])

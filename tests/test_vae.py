@@ -161,3 +161,27 @@ def test_vae_loss_decreases_when_overfitting_two_images():
         first = first if first is not None else logs["loss"].item()
     assert set(logs) == {"loss", "l1", "mse", "kl", "recon"}
     assert logs["loss"].item() < 0.5 * first
+
+
+def test_a_16_channel_autoencoder_without_quant_convs_matches_diffusers():
+    """SD3's and FLUX's autoencoders (16 latent channels, no quant_conv/post_quant_conv; toward issue 20)."""
+    import diffusers
+
+    from noisecraft.checkpoints import build_module
+    from noisecraft.checkpoints.sd import vae_from_diffusers_layout
+    from noisecraft.checkpoints.sd_config import vae_config_of
+
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, latent_channels=16,
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  use_quant_conv=False, use_post_quant_conv=False, norm_num_groups=32).eval()
+    state = vae_from_diffusers_layout(ref.state_dict())
+    assert not any("quant_conv" in k for k in state)
+    config = vae_config_of(state, "sd3")
+    assert (config.z_channels, config.use_quant_conv, config.scaling_factor, config.shift_factor) == (16, False, 1.5305, 0.0609)
+    ours = build_module(AutoencoderKL, config, state, "cpu", torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x, z = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, torch.randn(1, 16, 16, 16, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(ours.decode(z), ref.decode(z).sample, atol=1e-5)
+        assert torch.allclose(ours.encode(x).mean, ref.encode(x).latent_dist.mean, atol=1e-5)

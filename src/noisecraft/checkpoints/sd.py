@@ -138,7 +138,8 @@ def vae_from_diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch
     blocks = len({m[1] for k in state if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))})
     skeleton = VAEConfig(in_channels=state["encoder.conv_in.weight"].shape[1], out_channels=state["decoder.conv_out.weight"].shape[0],
                          ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=state["decoder.conv_in.weight"].shape[1],
-                         embed_dim=state["post_quant_conv.weight"].shape[0])
+                         embed_dim=state["post_quant_conv.weight"].shape[0] if "post_quant_conv.weight" in state else
+                         state["decoder.conv_in.weight"].shape[1], use_quant_conv="post_quant_conv.weight" in state)
     with torch.device("meta"):
         shapes = {k: v.ndim for k, v in AutoencoderKL(skeleton).state_dict().items()}
     return keymaps.vae_from_diffusers(state, shapes)

@@ -28,6 +28,8 @@ FAMILY_DEFAULTS = {
     "sd1": dict(image_size=512, scaling_factor=0.18215),
     "sd2": dict(image_size=768, scaling_factor=0.18215),
     "sdxl": dict(image_size=1024, scaling_factor=0.13025),
+    "sd3": dict(image_size=1024, scaling_factor=1.5305, shift_factor=0.0609),  # the 16-channel autoencoders
+    "flux": dict(image_size=1024, scaling_factor=0.3611, shift_factor=0.1159),
 }
 SD_DEFAULTS = {"steps": 20, "guidance_scale": 7.0, "sampler": "dpmpp_2m_karras"}
 
@@ -86,7 +88,7 @@ def vae_config_of(vae: dict[str, torch.Tensor], family: str) -> VAEConfig:
     try:
         ch, in_channels = vae["encoder.conv_in.weight"].shape[:2]
         z_channels = vae["decoder.conv_in.weight"].shape[1]
-        embed_dim = vae["post_quant_conv.weight"].shape[0]
+        embed_dim = vae["post_quant_conv.weight"].shape[0] if "post_quant_conv.weight" in vae else z_channels
     except KeyError as error:
         raise ModelFileError(f"the VAE lacks {error.args[0]}; the file holds no complete Stable Diffusion autoencoder") from None
     levels = 1 + max(int(m[1]) for k in vae if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
@@ -97,7 +99,9 @@ def vae_config_of(vae: dict[str, torch.Tensor], family: str) -> VAEConfig:
         raise ModelFileError("this VAE has attention inside its levels, which Stable Diffusion's autoencoders do not; it is not supported")
     return VAEConfig(in_channels=in_channels, out_channels=vae["decoder.conv_out.weight"].shape[0], ch=ch, ch_mult=mult,
                      num_res_blocks=blocks, z_channels=z_channels, embed_dim=embed_dim,
-                     scaling_factor=FAMILY_DEFAULTS[family]["scaling_factor"])
+                     scaling_factor=FAMILY_DEFAULTS[family]["scaling_factor"],
+                     shift_factor=FAMILY_DEFAULTS[family].get("shift_factor", 0.0),
+                     use_quant_conv="post_quant_conv.weight" in vae)
 
 
 def prediction_of(family: str, metadata: dict, unet_config: UNetConfig, unet: dict, override: str | None) -> str:

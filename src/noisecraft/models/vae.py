@@ -45,6 +45,7 @@ class VAEConfig(JSONConfig):
     dropout: float = 0.0
     scaling_factor: float = 0.18215
     shift_factor: float = 0.0
+    use_quant_conv: bool = True  # SD3's and FLUX's 16-channel autoencoders have no quant_conv / post_quant_conv
 
     def __post_init__(self):
         for name in ("ch_mult", "attn_resolutions"):
@@ -251,8 +252,11 @@ class AutoencoderKL(nn.Module):
         self.config = config
         self.encoder = Encoder(config, dd)
         self.decoder = Decoder(config, dd)
-        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1, **dd)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1, **dd)
+        if config.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1, **dd)
+            self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1, **dd)
+        else:
+            self.quant_conv, self.post_quant_conv = nn.Identity(), nn.Identity()
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))

@@ -9,7 +9,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from noisecraft.checkpoints import build_module, keymaps  # noqa: E402
+from noisecraft.checkpoints import build_module, transformer_keys  # noqa: E402
 from noisecraft.models.mmdit import MMDiT, MMDiTConfig, sincos_2d  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -40,7 +40,7 @@ def ours_of(ref, variant: str) -> MMDiT:
                          context_dim=c.joint_attention_dim, pooled_dim=c.pooled_projection_dim,
                          pos_embed_max_size=c.pos_embed_max_size, qk_norm=variant != "sd3",
                          dual_attention_layers=tuple(c.dual_attention_layers))
-    return build_module(MMDiT, config, keymaps.mmdit_from_diffusers(ref.state_dict(), config.depth), "cpu", torch.float32)
+    return build_module(MMDiT, config, transformer_keys.mmdit_from_diffusers(ref.state_dict(), config.depth), "cpu", torch.float32)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -62,9 +62,9 @@ def test_mmdit_matches_diffusers(variant):
 def test_key_map_round_trips_exactly(variant):
     ref = reference(variant)
     state = ref.state_dict()
-    original = keymaps.mmdit_from_diffusers(state, ref.config.num_layers)
+    original = transformer_keys.mmdit_from_diffusers(state, ref.config.num_layers)
     assert set(original) == set(ours_of(ref, variant).state_dict())
-    back = keymaps.mmdit_to_diffusers(original, ref.config.num_layers)
+    back = transformer_keys.mmdit_to_diffusers(original, ref.config.num_layers)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 

@@ -74,13 +74,18 @@ def _mlp(inner: int, outer: int, **dd) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inner, outer, **dd), nn.SiLU(), nn.Linear(outer, outer, **dd))
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / rms(x) * weight over the last dimension, the statistics in float32."""
+    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, **dd):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -204,4 +209,4 @@ class MMDiT(nn.Module):
         return out.reshape(b, c.out_channels, height, width).to(x.dtype)
 
 
-__all__ = ["MMDiT", "MMDiTConfig", "sincos_2d", "timestep_sinusoids"]
+__all__ = ["MMDiT", "MMDiTConfig", "RMSNorm", "modulate", "rms_norm", "sincos_2d", "timestep_sinusoids"]

@@ -34,7 +34,7 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
                 inner = value if isinstance(value, dict) else {None: value}  # bitsandbytes nests its quantised state
                 for key, item in inner.items():
                     label = field if key is None else f"{field}{NESTED}{key}"
-                    tensors[f"{name}.{index}.{label}"] = torch.as_tensor(item).detach().cpu().clone()  # (shared maps: copies)
+                    tensors[f"{name}.{index}.{label}"] = torch.as_tensor(item).detach().cpu().clone(memory_format=torch.contiguous_format)  # (shared maps: copies)
         metadata[f"{name}_groups"] = json.dumps(state["param_groups"])
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():

@@ -146,7 +146,11 @@ FAMILIES = {
     "sdxl": (Part("text_encoder", "lora_te1", ("conditioner.embedders.0.transformer.",), "quick_gelu", EOS, 2, False),
              Part("text_encoder_2", "lora_te2", ("conditioner.embedders.1.model.", "conditioner.embedders.1.transformer."),
                   "gelu", "!", 2, False, projection=True)),
+    # SD3 / SD3.5: SDXL's two CLIP towers (penultimate states), both pooled and projected (T5 comes apart)
+    "sd3": (Part("text_encoder", "lora_te1", ("text_encoders.clip_l.transformer.",), "quick_gelu", EOS, 2, False, projection=True),
+            Part("text_encoder_2", "lora_te2", ("text_encoders.clip_g.transformer.",), "gelu", "!", 2, False, projection=True)),
 }
+POOL_ALL = {"sd3"}  # families whose pooled vector is every tower's, concatenated (else the last tower's)
 
 
 def text_family(family: str) -> str:
@@ -154,10 +158,10 @@ def text_family(family: str) -> str:
     name = family.lower().replace("_", "-").replace(".", "")
     if name.startswith("sdxl") and "refiner" not in name:
         return "sdxl"
-    for key in ("sd2", "sd1"):
+    for key in ("sd3", "sd2", "sd1"):
         if name.startswith(key):
             return key
-    raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl")
+    raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl, sd3")
 
 
 def config_from_state(state: dict, activation: str) -> CLIPTextConfig:
@@ -219,8 +223,8 @@ class SDTextEncoder(nn.Module):
         self.embeddings: dict[str, TextualInversion] = {}
         self.name = f"clip-{family}"
         self.dim = sum(m.config.width for m in encoders.values())
-        last = encoders[self.parts[-1].name].config
-        self.pooled_dim = last.projection_dim or last.width
+        pooled = [encoders[p.name].config.projection_dim or encoders[p.name].config.width for p in self.parts]
+        self.pooled_dim = sum(pooled) if family in POOL_ALL else pooled[-1]
         self.max_length = CHUNK + 2
 
     @property
@@ -258,7 +262,7 @@ class SDTextEncoder(nn.Module):
         weights = torch.tensor([w.weights for w in windows], device=device)
         eos = self.tokenizer.eos_id
         after_eos = torch.arange(ids.shape[1], device=device) > (ids == eos).int().argmax(dim=1, keepdim=True)
-        states = []
+        states, pools = [], []
         for part in self.parts:
             model = self.encoder(part.name)
             layers = len(model.text_model.encoder.layers)
@@ -273,7 +277,8 @@ class SDTextEncoder(nn.Module):
             hidden = model(x)
             z = model.text_model.final_layer_norm(hidden[index]) if part.final_norm else hidden[index]
             states.append(emphasize(z.float(), weights))
-            pooled = model.pool(hidden[-1][::k], part_ids[::k], eos).float()
+            pools.append(model.pool(hidden[-1][::k], part_ids[::k], eos).float())
+        pooled = torch.cat(pools, dim=-1) if self.family in POOL_ALL else pools[-1]
         tokens = torch.cat(states, dim=-1).reshape(len(prompts), k * (CHUNK + 2), -1)
         return TextEmbedding(tokens, pooled, torch.ones(tokens.shape[:2], dtype=torch.bool, device=device))
 

@@ -8,6 +8,7 @@ prompt's own, or the nearest subject of the model's subject index (`text.subject
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
 from ..models.unet import timestep_embedding
@@ -19,9 +20,11 @@ class Conditioner:
     """A text encoder (or None, for unconditional models) and what its model family feeds the UNet."""
 
     def __init__(self, encoder, *, family: str, adm_in_channels: int | None, image_size: int,
-                 device: torch.device, dtype: torch.dtype, subjects: SubjectIndex | None = None):
+                 device: torch.device, dtype: torch.dtype, subjects: SubjectIndex | None = None,
+                 context_dim: int | None = None, t5=None, t5_length: int = 256):
         self.encoder, self.family, self.adm_in_channels, self.image_size = encoder, family, adm_in_channels, image_size
         self.device, self.dtype, self.subjects = device, dtype, subjects
+        self.context_dim, self.t5, self.t5_length = context_dim, t5, t5_length  # SD3: the joint width, its T5
 
     @property
     def conditional(self) -> bool:
@@ -61,6 +64,8 @@ class Conditioner:
         if self.family == "sdxl":  # an empty prompt means zero conditioning, as SDXL was trained (sgm's ucg)
             empty = torch.tensor([not p for p in prompts], device=self.device)
             emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
+        if self.family == "sd3":
+            return self._sd3(prompts, emb)
         cond = {"context": emb.tokens.to(self.dtype)}
         if self.family == "noisecraft":
             cond["context_mask"] = emb.mask
@@ -73,6 +78,16 @@ class Conditioner:
                 y = torch.cat([y.float(), timestep_embedding(ids, dim).reshape(1, -1).expand(len(prompts), -1)], dim=1)
             cond["y"] = y.to(self.dtype)
         return cond
+
+    def _sd3(self, prompts: list[str], emb: TextEmbedding) -> dict:
+        """SD3's conditioning (Esser et al. 2024, Sec. 5.1): the CLIP states zero-padded to the joint width, then
+        the T5 tokens (zeros without T5, as SD3 was trained to allow); y = both CLIP pooled vectors."""
+        clip = F.pad(emb.tokens, (0, self.context_dim - emb.tokens.shape[-1]))
+        if self.t5 is not None:
+            t5 = self.t5.encode(prompts).tokens.to(clip)
+        else:
+            t5 = torch.zeros(len(prompts), self.t5_length, self.context_dim, device=clip.device, dtype=clip.dtype)
+        return {"context": torch.cat([clip, t5], dim=1).to(self.dtype), "y": emb.pooled.to(self.dtype)}
 
     def pair(self, prompt: str, negative: str, subject: str | None, n: int, size: tuple[int, int],
              guided: bool) -> tuple[dict, dict | None]:

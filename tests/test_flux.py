@@ -9,6 +9,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from sd_helpers import randomize  # noqa: E402
+
 from noisecraft.checkpoints import build_module, transformer_keys  # noqa: E402
 from noisecraft.models.flux import Flux, FluxConfig, pack, unpack  # noqa: E402
 
@@ -19,15 +21,8 @@ def reference(guidance: bool, seed: int = 0):
     torch.manual_seed(seed)
     ref = diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, out_channels=16, num_layers=2, num_single_layers=2,
                                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=40,
-                                           pooled_projection_dim=24, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6)).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name and name.endswith("weight") and p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return ref
+                                           pooled_projection_dim=24, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6))
+    return randomize(ref, 0.1, seed + 1)
 
 
 def ours_of(ref) -> Flux:

@@ -9,6 +9,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from sd_helpers import randomize  # noqa: E402
+
 from noisecraft.checkpoints import build_module, transformer_keys  # noqa: E402
 from noisecraft.models.mmdit import MMDiT, MMDiTConfig, sincos_2d  # noqa: E402
 
@@ -22,15 +24,8 @@ def reference(variant: str, seed: int = 0):
     ref = diffusers.SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=16,
                                           num_attention_heads=2, joint_attention_dim=40, caption_projection_dim=32,
                                           pooled_projection_dim=24, out_channels=16, pos_embed_max_size=12,
-                                          **VARIANTS[variant]).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # diffusers zero-initialises nothing here, but make every weight clearly non-trivial
-        for name, p in ref.named_parameters():
-            if "norm" in name and name.endswith("weight") and p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return ref
+                                          **VARIANTS[variant])
+    return randomize(ref, 0.1, seed + 1)  # every weight clearly non-trivial, zero-initialised ones too
 
 
 def ours_of(ref, variant: str) -> MMDiT:

@@ -9,6 +9,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from sd_helpers import randomize  # noqa: E402
+
 from noisecraft.checkpoints import build_module, transformer_keys  # noqa: E402
 from noisecraft.checkpoints.transformer_config import flux_config_of, mmdit_config_of  # noqa: E402
 from noisecraft.errors import ModelFileError  # noqa: E402
@@ -16,17 +18,9 @@ from noisecraft.models.flux import Flux, pack  # noqa: E402
 from noisecraft.models.mmdit import MMDiT  # noqa: E402
 
 
-def randomized(module, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name and p.ndim == 1 else torch.randn(p.shape, generator=g) * 0.05)
-    return module.eval()
-
-
 def test_an_sd35_medium_shaped_file_reads_its_own_config():
     torch.manual_seed(0)
-    ref = randomized(diffusers.SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=64,
+    ref = randomize(diffusers.SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=64,
                                                      num_attention_heads=2, joint_attention_dim=40, caption_projection_dim=128,
                                                      pooled_projection_dim=24, out_channels=16, pos_embed_max_size=10,
                                                      qk_norm="rms_norm", dual_attention_layers=(0, 1)))
@@ -47,7 +41,7 @@ def test_an_sd35_medium_shaped_file_reads_its_own_config():
 @pytest.mark.parametrize("guidance", [True, False], ids=["dev", "schnell"])
 def test_a_flux_shaped_file_reads_its_own_config(guidance):
     torch.manual_seed(0)
-    ref = randomized(diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=3,
+    ref = randomize(diffusers.FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=3,
                                                       attention_head_dim=32, num_attention_heads=2, joint_attention_dim=40,
                                                       pooled_projection_dim=24, guidance_embeds=guidance, axes_dims_rope=(4, 14, 14)))
     state = transformer_keys.flux_from_diffusers(ref.state_dict())

@@ -24,7 +24,30 @@ def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return s.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
-class Denoiser(nn.Module):
+class SigmaTable:
+    """The training sigmas of a denoiser (`_sigmas64`: ascending, float64 on the CPU) and their ends."""
+
+    _sigmas64: torch.Tensor
+
+    @property
+    def train_sigmas(self) -> torch.Tensor:
+        """The training sigmas, ascending, float64 on the CPU (what `schedules.sampling_sigmas` walks between)."""
+        return self._sigmas64
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self._sigmas64)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigmas64[0].item()
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigmas64[-1].item()
+
+
+class Denoiser(SigmaTable, nn.Module):
     """x0_hat = D(x, sigma) for a discrete VP network `net(x_t, t, **cond)`.
 
     eps:  x0 = x - sigma * eps
@@ -59,23 +82,6 @@ class Denoiser(nn.Module):
         dtype = torch.float32 if device.type == "mps" else torch.float64
         self.register_buffer("sigmas", self._sigmas64.to(device, dtype), persistent=False)
         return self
-
-    @property
-    def train_sigmas(self) -> torch.Tensor:
-        """The training sigmas, ascending, float64 on the CPU (what `schedules.sampling_sigmas` walks between)."""
-        return self._sigmas64
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return len(self._sigmas64)
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigmas64[0].item()
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigmas64[-1].item()
 
     def sigma_to_t(self, sigma) -> torch.Tensor:
         """Training timestep (float64, fractional unless `quantize`) for sigma."""
@@ -124,7 +130,7 @@ class Denoiser(nn.Module):
         return self.from_prediction(x, s, c_in, out)
 
 
-class FlowDenoiser(nn.Module):
+class FlowDenoiser(SigmaTable, nn.Module):
     """x0_hat = D(x, sigma) for a flow-matching network `net(x, t, **cond)` that predicts the velocity
     v = noise - x0 along x = (1 - sigma) x0 + sigma noise (rectified flow; Esser et al. 2024, SD3; FLUX).
 
@@ -141,22 +147,6 @@ class FlowDenoiser(nn.Module):
         grid = torch.arange(1, num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
         self._sigmas64 = schedules.flow_shift(grid, shift)  # ascending, like Denoiser's
         self.register_buffer("sigmas", self._sigmas64.clone().float(), persistent=False)
-
-    @property
-    def train_sigmas(self) -> torch.Tensor:
-        return self._sigmas64
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return self.timesteps
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigmas64[0].item()
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigmas64[-1].item()
 
     def sigma_to_t(self, sigma) -> torch.Tensor:
         return torch.as_tensor(sigma, dtype=torch.float64) * self.timesteps

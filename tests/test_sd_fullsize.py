@@ -116,3 +116,45 @@ def test_full_size_sd15_controlnet():
     diff = max(rel(a, b) for a, b in zip([*ours_down, ours_mid], [*down, mid]))
     print(f"SD 1.5 ControlNet residuals max rel diff {diff:.1e}")
     assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["sd35-large", "sd35-medium", "flux-dev", "flux-schnell"])
+def test_full_size_flow_transformers_on_the_meta_device(name):
+    """SD 3.5 Large (8.06B) / Medium and FLUX.1 dev / schnell (11.9B) at their real sizes, on the meta device:
+    the same parameter count and names (through the key maps) as diffusers' models, and the output shape."""
+    from noisecraft.checkpoints import transformer_keys
+    from noisecraft.models.flux import Flux, FluxConfig, pack
+    from noisecraft.models.mmdit import MMDiT, MMDiTConfig
+
+    configs = {
+        "sd35-large": (MMDiTConfig(depth=38, hidden=2432, heads=38, qk_norm=True, pos_embed_max_size=192), 8_056_627_520,
+                       dict(num_layers=38, attention_head_dim=64, num_attention_heads=38, caption_projection_dim=2432,
+                            qk_norm="rms_norm", pos_embed_max_size=192)),
+        "sd35-medium": (MMDiTConfig(depth=24, hidden=1536, heads=24, qk_norm=True, pos_embed_max_size=384,
+                                    dual_attention_layers=tuple(range(13))), 2_243_171_520,
+                        dict(num_layers=24, attention_head_dim=64, num_attention_heads=24, caption_projection_dim=1536,
+                             qk_norm="rms_norm", pos_embed_max_size=384, dual_attention_layers=tuple(range(13)))),
+        "flux-dev": (FluxConfig(), 11_901_408_320, dict(guidance_embeds=True)),
+        "flux-schnell": (FluxConfig(guidance_embed=False), 11_891_178_560, dict(guidance_embeds=False)),
+    }
+    config, params, theirs = configs[name]
+    with torch.device("meta"):
+        if name.startswith("sd35"):
+            ours = MMDiT(config)
+            ref = diffusers.SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, joint_attention_dim=4096,
+                                                  pooled_projection_dim=2048, out_channels=16, **theirs)
+            names = transformer_keys.mmdit_from_diffusers(ref.state_dict(), config.depth)
+            out = ours(torch.empty(1, 16, 128, 128), torch.tensor([500.0]), torch.empty(1, 333, 4096), torch.empty(1, 2048))
+            assert out.shape == (1, 16, 128, 128)
+        else:
+            ours = Flux(config)
+            ref = diffusers.FluxTransformer2DModel(**theirs)
+            names = transformer_keys.flux_from_diffusers(ref.state_dict())
+            img, ids = pack(torch.empty(1, 16, 128, 128))
+            out = ours(img, ids, torch.empty(1, 512, 4096), torch.zeros(512, 3), torch.tensor([500.0]), torch.empty(1, 768),
+                       torch.tensor([3.5]) if config.guidance_embed else None)
+            assert out.shape == (1, 64 * 64, 64)
+    count = sum(p.numel() for p in ours.parameters())
+    print(f"{name}: {count:,} parameters")
+    assert count == params == sum(p.numel() for p in ref.parameters())
+    assert set(names) == set(ours.state_dict())

@@ -65,26 +65,30 @@ def test_adapters_learn_and_the_best_held_out_checkpoint_is_kept(setup, tmp_path
     assert after < 0.95 * before, (before, after)
 
 
-def test_a_killed_finetune_resumes_bit_exactly(setup, tmp_path):
-    settings = FinetuneSettings(steps=8, rank=4, alpha=4, lr=3e-3, checkpoint_every=4, name="acme")
-    pipe, photos = load(setup)
-    finetune(pipe, photos, tmp_path / "whole", settings)
+def whole_and_killed(setup, tmp_path, settings: FinetuneSettings, kill_at: int):
+    """(the run uninterrupted, the run killed at step `kill_at` and started again), each run on a fresh model,
+    and their last kohya files' tensors."""
 
     class Killed(Exception):
         pass
 
-    def kill_at_6(step, total, loss):
-        if step == 6:
+    def kill(step, total, loss):
+        if step == kill_at:
             raise Killed
 
-    pipe, photos = load(setup)
+    whole = finetune(*load(setup), tmp_path / "whole", settings)
     with pytest.raises(Killed):
-        finetune(pipe, photos, tmp_path / "cut", settings, progress=kill_at_6)
-    pipe, photos = load(setup)
-    result = finetune(pipe, photos, tmp_path / "cut", settings)
+        finetune(*load(setup), tmp_path / "cut", settings, progress=kill)
+    cut = finetune(*load(setup), tmp_path / "cut", settings)
+    return whole, cut, load_file(tmp_path / "whole" / "acme-last.safetensors"), load_file(tmp_path / "cut" / "acme-last.safetensors")
+
+
+def test_a_killed_finetune_resumes_bit_exactly(setup, tmp_path):
+    settings = FinetuneSettings(steps=8, rank=4, alpha=4, lr=3e-3, checkpoint_every=4, name="acme")
+    _, result, whole, cut = whole_and_killed(setup, tmp_path, settings, kill_at=6)
     assert result.step == 8
-    whole, cut = load_file(tmp_path / "whole" / "acme-last.safetensors"), load_file(tmp_path / "cut" / "acme-last.safetensors")
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    pipe, photos = load(setup)
     with pytest.raises(UserError, match="made with other photos or settings"):
         finetune(pipe, photos, tmp_path / "cut", FinetuneSettings(steps=9, rank=4, alpha=4, checkpoint_every=4, name="acme"))
 
@@ -223,23 +227,8 @@ def test_8bit_adamw_trains_and_a_killed_run_resumes_exactly(setup, tmp_path):
     pytest.importorskip("bitsandbytes")
     settings = FinetuneSettings(steps=6, rank=64, alpha=64, lr=1e-3, checkpoint_every=3, name="acme", optimizer="adamw8bit",
                                 samples=False)
-    pipe, photos = load(setup)
-    whole = finetune(pipe, photos, tmp_path / "whole", settings)
+    whole, _, a, b = whole_and_killed(setup, tmp_path, settings, kill_at=5)
     assert all(loss == loss for _, loss in whole.held_out)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_5(step, total, loss):
-        if step == 5:
-            raise Killed
-
-    pipe, photos = load(setup)
-    with pytest.raises(Killed):
-        finetune(pipe, photos, tmp_path / "cut", settings, progress=kill_at_5)
-    pipe, photos = load(setup)
-    finetune(pipe, photos, tmp_path / "cut", settings)
-    a, b = load_file(tmp_path / "whole" / "acme-last.safetensors"), load_file(tmp_path / "cut" / "acme-last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     plain = load_file(finetune(*load(setup), tmp_path / "plain", FinetuneSettings(**{**settings.__dict__, "optimizer": "adamw"})).best_file)
     assert any(not torch.equal(plain[k], a[k]) for k in a)  # a different optimizer: different weights

@@ -24,6 +24,11 @@ def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return s.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def ve_noised(x0: torch.Tensor, sigma, noise: torch.Tensor) -> torch.Tensor:
+    """x0 + sigma * noise: a clean sample at noise level sigma in the variance-exploding form."""
+    return x0 + float(sigma) * noise
+
+
 class SigmaTable:
     """The training sigmas of a denoiser (`_sigmas64`: ascending, float64 on the CPU) and their ends."""
 
@@ -94,7 +99,7 @@ class Denoiser(SigmaTable, nn.Module):
 
     def noised(self, x0: torch.Tensor, sigma, noise: torch.Tensor) -> torch.Tensor:
         """x at sigma in the samplers' VE form: x0 + sigma * noise (`FlowDenoiser.noised` is the flow's)."""
-        return x0 + float(sigma) * noise
+        return ve_noised(x0, sigma, noise)
 
     def network_output(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict | None):
         """The network's native output for x at sigma, with the scalings (sigma and c_in, broadcast like x)."""
@@ -217,17 +222,19 @@ class MaskedDenoiser:
     """Inpainting with an ordinary model: the kept region follows the start image's noisy path.
 
     Before every network call except the first, x is replaced in the kept region (``keep`` = 1) by
-    the start latents noised to the current sigma, ``init + sigma * noise``, with the same noise the
-    sampler started from; the pipeline pastes ``init`` into the kept region after the last step.
+    the start latents noised to the current sigma (`noised`: ``init + sigma * noise``, or the flow's path),
+    with the same noise the sampler started from; the pipeline pastes ``init`` into the kept region after the last step.
     Every sampler updates x elementwise from x and x0_hat, so the repainted region evolves exactly as
     in diffusers' inpainting pipeline, which blends after each scheduler step instead.
     """
 
-    def __init__(self, denoise, init: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, sigma_start: float):
+    def __init__(self, denoise, init: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor, sigma_start: float,
+                 noised=None):
         self.denoise, self.init, self.noise, self.keep, self.sigma_start = denoise, init, noise, keep, sigma_start
+        self.noised = noised or ve_noised
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         s = float(torch.as_tensor(sigma).reshape(-1)[0])
         if s < self.sigma_start * (1 - 1e-5):  # samplers may pass sigma in float32: not the start sigma
-            x = self.keep * (self.init + s * self.noise) + (1 - self.keep) * x
+            x = self.keep * self.noised(self.init, s, self.noise) + (1 - self.keep) * x
         return self.denoise(x, sigma)

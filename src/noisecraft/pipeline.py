@@ -231,7 +231,7 @@ class Pipeline:
         init = init.to(self.device).expand(n, -1, -1, -1) if init is not None else None
         image_latents = self.encode(init, noise) if init is not None and not (self.inpainting_model and pure_noise) else None
         start = noise.initial(shape)
-        x = start * spec.init_scale(sigmas) if pure_noise else image_latents + float(sigmas[0]) * start
+        x = start * spec.init_scale(sigmas) if pure_noise else self.denoiser.noised(image_latents, sigmas[0], start)
         if self.inpainting_model:
             extra = self.codec.inpaint_channels(init, mask, noise, n, shape, f, self.device)
             cond["concat"] = extra
@@ -242,7 +242,7 @@ class Pipeline:
         if mask is not None and not self.inpainting_model:
             noise(image_latents)  # diffusers draws masked-image latents here; advance the generators alike, without a VAE pass
             keep = 1.0 - latent_mask(mask, shape).to(self.device, x.dtype)
-            denoise = MaskedDenoiser(denoise, image_latents, start, keep, float(sigmas[0]))
+            denoise = MaskedDenoiser(denoise, image_latents, start, keep, float(sigmas[0]), self.denoiser.noised)
 
         def on_step(i, sigma, x, x0):
             if callback is not None:

@@ -1,6 +1,6 @@
 """ControlNet files: the original single files (``control_model.*`` keys, lllyasviel's and A1111's
 ``control_v11p_sd15_canny.safetensors``; also without the prefix) and diffusers folders (``config.json`` +
-``diffusion_pytorch_model.safetensors``, or a single file in diffusers' names, as most SDXL ControlNets ship),
+``diffusion_pytorch_model.safetensors``, or such a file with its ``config.json`` beside it),
 read through the same safe loader as model files (safetensors, or legacy files as weights only).
 
     net = load_controlnet("control_v11p_sd15_canny.safetensors", device, dtype)
@@ -110,29 +110,6 @@ def _config_from_diffusers(config: dict) -> ControlNetConfig:
     return ControlNetConfig(unet_config_from_diffusers(config), int(config.get("conditioning_channels", 3)), embedding)
 
 
-def _guess_diffusers_config(state: dict[str, torch.Tensor]) -> dict:
-    """A diffusers config.json for a diffusers-named single file with none beside it (SDXL ControlNets)."""
-    widths = sorted({int(m[1]) for k in state if (m := re.match(r"down_blocks\.(\d+)\.", k))})
-    block_out = [state[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0] for i in widths]
-    attention = [any(k.startswith(f"down_blocks.{i}.attentions.") for k in state) for i in widths]
-    depth = [len({m[1] for k in state if (m := re.match(rf"down_blocks\.{i}\.attentions\.0\.transformer_blocks\.(\d+)\.", k))}) or 1
-             for i in widths]
-    to_k = next(v for k, v in state.items() if k.endswith("attn2.to_k.weight"))
-    linear = next(v.ndim == 2 for k, v in state.items() if k.endswith("proj_in.weight"))
-    sdxl = "add_embedding.linear_1.weight" in state
-    convs = sorted(int(m[1]) for k in state if (m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.weight", k)))
-    embedding = [state["controlnet_cond_embedding.conv_in.weight"].shape[0]] + \
-                [state[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0] for i in convs[1::2]]
-    return {"block_out_channels": block_out, "layers_per_block": len({m[1] for k in state if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))}),
-            "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
-            "transformer_layers_per_block": depth, "cross_attention_dim": to_k.shape[1], "use_linear_projection": linear,
-            "in_channels": state["conv_in.weight"].shape[1], "conditioning_channels": state["controlnet_cond_embedding.conv_in.weight"].shape[1],
-            "conditioning_embedding_out_channels": embedding,
-            # heads are not in the weights: SD 1.x has 8 per block, SD 2.x and SDXL 64-wide heads
-            "attention_head_dim": [w // 64 for w in block_out] if sdxl or to_k.shape[1] == 1024 else 8,
-            **({"addition_embed_type": "text_time", "projection_class_embeddings_input_dim": state["add_embedding.linear_1.weight"].shape[1]} if sdxl else {})}
-
-
 def read_controlnet(path: str | Path) -> tuple[ControlNetConfig, dict[str, torch.Tensor], str, Path]:
     """(config, original-layout weights, family, the weights file) of a ControlNet file or diffusers folder."""
     path = Path(path).expanduser()
@@ -152,7 +129,12 @@ def read_controlnet(path: str | Path) -> tuple[ControlNetConfig, dict[str, torch
         state, _ = read_tensors(file)
         if DIFFUSERS_MARK in state:
             beside = path.with_name("config.json")
-            config_json = json.loads(beside.read_text(encoding="utf-8")) if beside.is_file() else _guess_diffusers_config(state)
+            if not beside.is_file():  # diffusers' names: the heads and block kinds are in its config, not the weights
+                raise ModelFileError(f"{path} is a ControlNet in diffusers' names; put its config.json beside it")
+            try:
+                config_json = json.loads(beside.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                raise ModelFileError(f"{beside} is not valid JSON; copy it again") from None
             config = _config_from_diffusers(config_json)
             state = from_diffusers(state, config)
         else:

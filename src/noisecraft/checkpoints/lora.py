@@ -46,11 +46,11 @@ class LoraPair:
         return (product * scale).reshape(shape)
 
 
-def parse_lora_file(path: str | Path, with_metadata: bool = False):
+def read_lora_file(path: str | Path) -> tuple[dict[str, LoraPair], dict[str, str]]:
     """Read a LoRA safetensors file into {normalised layer name: LoraPair}.
 
-    Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``; `with_metadata`:
-    (pairs, the file's metadata).
+    Layer names come back as ``unet:<underscored path>``, ``te1:<...>`` or ``te2:<...>``, with the file's
+    safetensors metadata (a fine-tuned subject's trigger words, kohya's ss_* entries).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -73,7 +73,7 @@ def parse_lora_file(path: str | Path, with_metadata: bool = False):
         kinds = sorted({k.split(".")[-2] if "." in k else k for k in list(tensors)[:50]})
         raise ModelFileError(f"{path} holds no LoRA layers noisecraft can read (it reads kohya/A1111 lora_up/lora_down "
                              f"and diffusers/PEFT lora_A/lora_B files; found names like {', '.join(kinds[:4])})")
-    return (out, metadata or {}) if with_metadata else out
+    return out, metadata or {}
 
 
 _ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
@@ -145,7 +145,7 @@ class LoraStack:
 
     def apply(self, path: str | Path, scale: float, targets: dict[str, dict[str, nn.Module]]) -> int:
         """Merge one file at `scale`; returns how many layers it changed. Unknown layers are an error."""
-        pairs, metadata = parse_lora_file(path, with_metadata=True)
+        pairs, metadata = read_lora_file(path)
         missing, plan = [], []
         for layer, pair in pairs.items():
             part, _, name = layer.partition(":")

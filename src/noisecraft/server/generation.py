@@ -53,7 +53,8 @@ async def generate(ctx: Context, request: Request, req: schemas.GenerationReques
         drawn = schemas.to_request(req, ctx.settings.presets, kit)
     except UserError as error:
         raise FieldError("prompt" if error.field == "prompt" else "styles", str(error)) from None  # a banned word, a preset
-    controls = await run_in_threadpool(controlnets.units, req.alwayson_scripts, ctx.settings.controlnets)
+    controls = await run_in_threadpool(controlnets.units, req.alwayson_scripts, ctx.settings.controlnets) \
+        if req.alwayson_scripts else None
     job = Job(entry, request=drawn, init_image=init, mask_image=mask, limits=ctx.settings.limits, controls=controls or None,
               upscale=upscale, touch_up=kit.finish if kit else None, signer=identity(ctx, kit) if signs(ctx, kit) else None)
     if req.force_task_id:

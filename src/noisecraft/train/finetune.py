@@ -270,7 +270,7 @@ def _checkpointing(unet, enabled: bool):
         unet.train(training)
 
 
-def _optimizer(run: _Run) -> torch.optim.Optimizer:
+def _optimizer(run: _Run, parameters: list) -> torch.optim.Optimizer:
     kind, s = run.settings.optimizer, run.settings
     if kind == "auto":
         kind = "adamw8bit" if run.pipe.device.type == "cuda" and importlib.util.find_spec("bitsandbytes") else "adamw"
@@ -279,8 +279,8 @@ def _optimizer(run: _Run) -> torch.optim.Optimizer:
             import bitsandbytes as bnb
         except ImportError:
             raise UserError("the 8-bit optimizer needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(run.parameters, lr=s.lr, weight_decay=1e-2)
-    return torch.optim.AdamW(run.parameters, lr=s.lr, weight_decay=1e-2)
+        return bnb.optim.AdamW8bit(parameters, lr=s.lr, weight_decay=1e-2)
+    return torch.optim.AdamW(parameters, lr=s.lr, weight_decay=1e-2)
 
 
 def _modules(run: _Run) -> dict[str, torch.nn.Module]:
@@ -289,7 +289,8 @@ def _modules(run: _Run) -> dict[str, torch.nn.Module]:
 
 def _train(run: _Run, progress) -> FinetuneResult:
     s, pipe = run.settings, run.pipe
-    optimizer = _optimizer(run)
+    parameters = run.parameters
+    optimizer = _optimizer(run, parameters)
     total, state = s.total_steps(run.photos), run.out / STATE
     meta = {"step": 0, "settings": s.training_key(), "photos": run.photos, "held_out": [], "best": None}
     if state.exists():
@@ -316,7 +317,7 @@ def _train(run: _Run, progress) -> FinetuneResult:
                 loss = loss + s.prior_weight * _loss(pipe, other, other_sigma, other_noise, s.min_snr_gamma, s.text_encoder)
         if math.isfinite(loss.item()):
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(run.parameters, 1.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
         meta["step"] = step + 1
         if progress is not None:

@@ -182,9 +182,9 @@ def test_text_encoder_and_conv_adapters_are_saved_and_merge_back(setup, tmp_path
         stems = {k.rsplit(".", 2)[0] for k in handle.keys() if k.endswith(".weight")}
     assert "lora_te_encoder_layer_0_attention_self_query" in stems and "lora_te_encoder_layer_5_output_dense" in stems
     assert "lora_unet_input_blocks_1_0_in_layers_2" in stems and "lora_unet_output_blocks_1_2_conv" in stems
-    before = pipe.encode_prompts([photos.prompt])["context"]
+    before = pipe.conditioner.encode([photos.prompt])["context"]
     assert pipe.load_lora(result.best_file) == len(stems)
-    assert not torch.allclose(before, pipe.encode_prompts([photos.prompt])["context"])  # the text encoder learned too
+    assert not torch.allclose(before, pipe.conditioner.encode([photos.prompt])["context"])  # the text encoder learned too
 
 
 def test_gradient_checkpointing_and_bf16_autocast_run_on_the_cpu(setup, tmp_path):

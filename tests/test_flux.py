@@ -48,10 +48,12 @@ def test_flux_matches_diffusers(guidance):
     with torch.no_grad():
         expected = ref(img, encoder_hidden_states=txt, pooled_projections=pooled, timestep=sigma, img_ids=img_ids,
                        txt_ids=txt_ids, guidance=scale).sample
-        out = ours(img, img_ids, txt, txt_ids, 1000 * sigma, pooled, scale)
+        out = ours(img, 1000 * sigma, txt, pooled, scale, img_ids, txt_ids)
+        unpacked = ours(latents, 1000 * sigma, txt, pooled, scale)  # latents in, latents out
     diff = float((out - expected).abs().max() / expected.abs().max())
     assert diff <= TOLERANCE, diff
     assert torch.equal(unpack(pack(latents)[0], 8, 6), latents)
+    assert torch.allclose(unpacked, unpack(out, 8, 6), atol=1e-6)
 
 
 @pytest.mark.parametrize("guidance", [True, False], ids=["dev", "schnell"])

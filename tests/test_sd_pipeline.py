@@ -207,11 +207,11 @@ def test_cli_lora_on_unet_and_text_encoder_and_an_embedding(models, tmp_path):
         tensors |= {f"lora_unet_{name}.lora_down.weight": torch.randn(2, *w.shape[1:], generator=g),
                     f"lora_unet_{name}.lora_up.weight": torch.randn(w.shape[0], 2, *w.shape[2:], generator=g)}
     save_file(tensors, tmp_path / "style.safetensors")
-    before = pipe.encode_prompts([PROMPT])["context"]
+    before = pipe.conditioner.encode([PROMPT])["context"]
     assert pipe.load_lora(tmp_path / "style.safetensors", 0.5) == 6
-    assert not torch.allclose(before, pipe.encode_prompts([PROMPT])["context"])
+    assert not torch.allclose(before, pipe.conditioner.encode([PROMPT])["context"])
     pipe.unload_loras()
-    assert torch.equal(before, pipe.encode_prompts([PROMPT])["context"])
+    assert torch.equal(before, pipe.conditioner.encode([PROMPT])["context"])
 
     save_file({"emb_params": torch.randn(2, CLIP_L["hidden_size"], generator=g)}, tmp_path / "teapot-style.safetensors")
     common = ["generate", "a teapot-style teapot", "--model", str(single), "--steps", "2", "--size", f"{SIZE}", "--seed", "1", "--device", "cpu"]

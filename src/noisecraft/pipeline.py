@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,11 +27,13 @@ from .checkpoints.config import ModelConfig
 from .checkpoints.controlnet import load_controlnet
 from .control import controlled
 from .control import prepare as prepare_controls
-from .denoiser import CFGDenoiser, Denoiser, MaskedDenoiser
+from .denoiser import CFGDenoiser, MaskedDenoiser
 from .devices import default_dtype, pick_device, sequential_offload
 from .errors import UserError, out_of_memory
 from .images import mask_tensor, to_pil, to_tensor
 from .latents import LatentCodec, latent_mask
+from .models.flux import Flux
+from .models.mmdit import MMDiT
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
 from .samplers import to_vp
@@ -46,6 +47,22 @@ def _subject(pipe: "Pipeline", prompt: str, subject: str | None) -> str | None:
     if subject == "auto" and any(t.lower() in prompt.lower() for t in pipe._loras.triggers):
         return None
     return pipe.conditioner.subject(prompt, subject)
+
+
+def _conditioning(pipe: "Pipeline", s: Settings) -> tuple[dict, dict | None, float]:
+    """The conditioning of `s`'s pictures, the negative prompt's under classifier-free guidance, and the CFG scale.
+    FLUX.1 takes no CFG: dev reads the guidance scale as an input (a distilled guidance), schnell ignores it."""
+    n, distilled = s.num_images, pipe.config.distilled_guidance
+    guided = s.guidance_scale != 1.0 and pipe.text_encoder is not None and not distilled
+    cond, uncond = pipe.conditioner.pair(s.prompt, s.negative_prompt, s.subject, n, (s.width, s.height), guided)
+    if distilled:
+        cond["guidance"] = torch.full((n,), s.guidance_scale, device=pipe.device)
+    return cond, uncond, s.guidance_scale if guided else 1.0
+
+
+def _signed(image: Image.Image, parameters: str) -> Image.Image:
+    image.info["parameters"] = parameters
+    return image
 
 
 @contextlib.contextmanager
@@ -80,37 +97,48 @@ class BatchNoise:
 class Pipeline:
     """A loaded model ready to make pictures: ``Pipeline.from_pretrained(path)("a palm tree")``.
 
-    Loads noisecraft models and Stable Diffusion 1.x / 2.x / SDXL checkpoints; makes pictures from text, from a
-    start image (img2img), inside a mask (inpainting) and in the shape of control pictures (ControlNet)."""
+    Loads noisecraft models, Stable Diffusion 1.x / 2.x / SDXL checkpoints and the flow-matching SD3 / SD3.5 and
+    FLUX.1; makes pictures from text, from a start image (img2img), inside a mask (inpainting) and, for the
+    UNet families, in the shape of control pictures (ControlNet)."""
 
-    def __init__(self, config: ModelConfig, unet: UNet, vae: AutoencoderKL | None, text_encoder, *,
-                 device: torch.device, dtype: torch.dtype = torch.float32, name: str = "", file: Path | None = None,
-                 family: str = "noisecraft", subjects: SubjectIndex | None = None):
-        self.config, self.unet, self.vae = config, unet, vae
-        self.device, self.dtype, self.name, self.file, self.family = device, dtype, name or config.name, file, family
-        self.conditioner = Conditioner(text_encoder, family=family, adm_in_channels=config.unet.adm_in_channels,
-                                       image_size=config.image_size, device=device, dtype=dtype, subjects=subjects)
-        self.denoiser = Denoiser(unet, config.alphas_cumprod(), prediction=config.prediction).to(device)
+    def __init__(self, config: ModelConfig, network: UNet | MMDiT | Flux, vae: AutoencoderKL | None, text_encoder, *,
+                 device: torch.device, dtype: torch.dtype = torch.float32, source: Source | None = None,
+                 family: str = "noisecraft", subjects: SubjectIndex | None = None, t5=None):
+        self.config, self.network, self.vae, self.device, self.dtype, self.family = config, network, vae, device, dtype, family
+        self.name, self.file = (source.name, source.file) if source is not None else (config.name, None)
+        self.conditioner = Conditioner(text_encoder, family=family, adm_in_channels=config.unet and config.unet.adm_in_channels,
+                                       image_size=config.image_size, device=device, dtype=dtype, subjects=subjects,
+                                       context_dim=config.transformer and config.transformer.context_dim, t5=t5)
+        self.denoiser = config.denoiser(network).to(device)
         self.codec = LatentCodec(vae, dtype)
         self._loras = LoraStack()
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | Source | None = None, *, device: str | torch.device = "auto",
                         dtype: torch.dtype | None = None, vae: str | os.PathLike | None = None,
-                        prediction: str | None = None) -> "Pipeline":
+                        prediction: str | None = None, text_encoders: list | None = None) -> "Pipeline":
         """A noisecraft model, a Stable Diffusion single file (legacy ``.ckpt`` read as weights only) or diffusers folder;
-        no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"): overrides the file's."""
+        no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"): overrides the file's;
+        `text_encoders`: CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl)."""
         device = pick_device(device)
         dtype = dtype or default_dtype(device)
         source = path if isinstance(path, Source) else identify(path)
-        c = load_components(source, device=device, dtype=dtype, vae=vae, prediction=prediction)
-        return cls(c.config, c.unet, c.vae, c.text_encoder, device=device, dtype=dtype, name=source.name,
-                   file=source.file, family=c.family, subjects=c.subjects)
+        c = load_components(source, device=device, dtype=dtype, vae=vae, prediction=prediction, text_encoders=text_encoders)
+        return cls(c.config, c.network, c.vae, c.text_encoder, device=device, dtype=dtype, source=source,
+                   family=c.family, subjects=c.subjects, t5=c.t5)
 
     # -- what the model is ----------------------------------------------------------------------
     @property
     def text_encoder(self):
         return self.conditioner.encoder
+
+    @property
+    def unet(self) -> UNet | None:
+        return self.network if isinstance(self.network, UNet) else None
+
+    @property
+    def transformer(self) -> MMDiT | Flux | None:  # diffusers' name for SD3's and FLUX's networks
+        return None if isinstance(self.network, UNet) else self.network
 
     @property
     def subjects(self) -> SubjectIndex | None:
@@ -123,13 +151,11 @@ class Pipeline:
 
     @property
     def inpainting_model(self) -> bool:
-        """A UNet that takes [latents, mask, masked-image latents] (9 channels for SD)."""
-        return self.config.unet.in_channels > self.config.unet.out_channels
+        return self.config.inpainting
 
     @property
     def size_factor(self) -> int:
-        """Width and height must be multiples of this: the VAE's and the UNet's downsampling."""
-        return self.config.downsample_factor * 2 ** (len(self.config.unet.channel_mult) - 1)
+        return self.config.size_factor
 
     @property
     def defaults(self) -> dict:
@@ -138,13 +164,17 @@ class Pipeline:
 
     @property
     def traits(self) -> ModelTraits:
+        sampling = functools.partial(self.config.sampling, train_sigmas=self.denoiser.train_sigmas)
         return ModelTraits(self.defaults, self.config.image_size, self.size_factor, self.conditioner.conditional,
-                           self.vae is not None, self.denoiser.train_sigmas, functools.partial(_subject, self))
+                           self.vae is not None, sampling, functools.partial(_subject, self),
+                           negative=not self.config.distilled_guidance)
 
     # -- adapters and memory --------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
         """Merge a LoRA file (kohya/A1111 or diffusers/PEFT; `noisecraft finetune`'s for noisecraft models) at `scale`;
         call again to stack more, `unload_loras` to restore the weights. Returns the number of layers changed."""
+        if self.unet is None:
+            raise UserError("LoRA files are not yet read for SD3 / FLUX models in noisecraft; this one takes none")
         return self._loras.apply(path, float(scale), lora_targets(self.unet, self.config.unet.num_res_blocks, self.text_encoder))
 
     def load_controlnet(self, path: str | os.PathLike):
@@ -168,8 +198,9 @@ class Pipeline:
     def enable_sequential_offload(self) -> None:
         """Keep the weights in CPU memory and move each block to the GPU only while it runs (slower)."""
         if self.device.type != "cpu":
-            text = [self.text_encoder] if isinstance(self.text_encoder, torch.nn.Module) else []
-            sequential_offload([*self.unet.blocks(), *(self.vae.blocks() if self.vae else []), *text], self.device)
+            text = [m for m in (self.text_encoder, self.conditioner.t5) if isinstance(m, torch.nn.Module)]
+            blocks = self.unet.blocks() if self.unet is not None else [self.network]
+            sequential_offload([*blocks, *(self.vae.blocks() if self.vae else []), *text], self.device)
 
     def enable_vae_tiling(self, tiling: bool = True) -> None:
         """Decode in tiles (bounded memory for large pictures; automatic above 1024 px)."""
@@ -215,15 +246,14 @@ class Pipeline:
     def _generate(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None,
                   controls: list | None = None) -> torch.Tensor:
         """One batch: pictures [n, C, H, W] in [0, 1] for images s.seeds[0..n-1]."""
-        with controlled(self.denoiser, self.unet, controls, len(s.sigmas) - 1, callback) as callback:
+        with controlled(self.denoiser, self.network, controls, len(s.sigmas) - 1, callback) as callback:
             return self._sample(s, callback, init, mask)
 
     def _sample(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
         spec, sigmas, n = s.sampler, s.sigmas, s.num_images
-        guided = s.guidance_scale != 1.0 and self.text_encoder is not None
-        cond, uncond = self.conditioner.pair(s.prompt, s.negative_prompt, s.subject, n, (s.width, s.height), guided)
+        cond, uncond, scale = _conditioning(self, s)
         f = self.config.downsample_factor
-        shape = (self.config.unet.out_channels, s.height // f, s.width // f)
+        shape = (self.config.latent_channels, s.height // f, s.width // f)
         noise = BatchNoise(s.seeds, self.device, self.dtype)
         # Each image's generator is drawn in diffusers' order: start-image latents, starting noise,
         # masked-image latents, then whatever a stochastic sampler needs.
@@ -234,30 +264,20 @@ class Pipeline:
         x = start * spec.init_scale(sigmas) if pure_noise else self.denoiser.noised(image_latents, sigmas[0], start)
         if self.inpainting_model:
             extra = self.codec.inpaint_channels(init, mask, noise, n, shape, f, self.device)
-            cond["concat"] = extra
-            if uncond is not None:
-                uncond["concat"] = extra
-        denoise = CFGDenoiser(self.denoiser, cond, uncond, s.guidance_scale if guided else 1.0, s.guidance_rescale)
+            cond, uncond = cond | {"concat": extra}, uncond and uncond | {"concat": extra}
+        denoise = CFGDenoiser(self.denoiser, cond, uncond, scale, s.guidance_rescale)
         keep = None
         if mask is not None and not self.inpainting_model:
             noise(image_latents)  # diffusers draws masked-image latents here; advance the generators alike, without a VAE pass
             keep = 1.0 - latent_mask(mask, shape).to(self.device, x.dtype)
             denoise = MaskedDenoiser(denoise, image_latents, start, keep, float(sigmas[0]), self.denoiser.noised)
-
-        def on_step(i, sigma, x, x0):
-            if callback is not None:
-                callback(i + 1, len(sigmas) - 1, x0)
-
+        on_step = None if callback is None else (lambda i, sigma, x, x0: callback(i + 1, len(sigmas) - 1, x0))
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             x = spec.fn(denoise, x, sigmas, noise_sampler=noise, callback=on_step, **spec.options)
         x = to_vp(x, sigmas[-1])  # DDIM may stop above sigma 0
         if keep is not None:
             x = keep * image_latents + (1 - keep) * x
         return self.decode(x).cpu()
-
-    def encode_prompts(self, prompts: list[str], size: tuple[int, int] | None = None, words: list[str] | None = None) -> dict:
-        """The conditioning dict the UNet takes for a batch of prompts (`Conditioner.encode`)."""
-        return self.conditioner.encode(prompts, size, words)
 
     def encode(self, pixels: torch.Tensor, noise: BatchNoise | None = None) -> torch.Tensor:
         """Images in [-1, 1] to scaled latents: a posterior sample drawn from `noise`, or its mean."""
@@ -268,9 +288,7 @@ class Pipeline:
         return self.codec.decode(latents)
 
     def _picture(self, pixels: torch.Tensor, s: Settings, seed: int, extra: dict | None = None) -> Image.Image:
-        image = to_pil(pixels)
-        image.info["parameters"] = self.parameters_text(s, seed, extra)
-        return image
+        return _signed(to_pil(pixels), self.parameters_text(s, seed, extra))
 
     def parameters_text(self, s: Settings, seed: int, extra: dict | None = None) -> str:
         """The A1111 parameters text of image `seed` of `s`, as this model writes it into its PNGs."""

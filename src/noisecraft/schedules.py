@@ -196,3 +196,14 @@ def flow_sigmas(steps: int, *, shift: float | None = None, mu: float | None = No
     grid = torch.from_numpy(np.linspace(T, sigma_min * T, int(steps))) / T
     sig = flow_time_shift(grid, mu) if mu is not None else flow_shift(grid, shift)
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+def flux_sigmas(steps: int, mu: float | None = None) -> torch.Tensor:
+    """The `steps + 1` descending sigmas (last 0) FLUX.1 is sampled at, float64: diffusers' FluxPipeline spaces
+    them ``linspace(1, 1/steps, steps)`` and shifts them with the resolution's `mu` (dev); schnell, trained
+    without the shift, takes them as they are (mu None)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+        raise UserError(f"steps must be a positive whole number, got {steps!r}.")
+    grid = torch.from_numpy(np.linspace(1.0, 1 / int(steps), int(steps)))
+    sig = flow_time_shift(grid, mu) if mu is not None else grid
+    return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])

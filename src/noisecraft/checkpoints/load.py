@@ -18,14 +18,18 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError, UserError
+from ..models.flux import Flux, FluxConfig
+from ..models.mmdit import MMDiT
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
 from ..text.minilm import load_text_encoder
 from ..text.subjects import SubjectIndex
+from ..text.t5 import T5TextEncoder, bundled_tokenizer
 from .config import ModelConfig
-from .io import model_hash, read_safetensors_header, sniff, weights_file
+from .flow_files import CLIP_L, T5_LENGTH, load_flow_folder, load_flow_single_file, t5_state_of, text_files, transformer_family
+from .io import model_hash, read_safetensors_header, read_tensors, sniff, weights_file
 from .noisecraft import is_noisecraft, read_model_file
-from .sd import (DIFFUSERS_WEIGHTS, SDCheckpoint, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
+from .sd import (SDCheckpoint, component_file, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
                  load_single_file, load_vae_file, text_encoder_from_folder, text_encoder_from_single_file)
 from .sd_config import vae_config_of
 
@@ -61,12 +65,17 @@ class Components:
     """A model's networks, built and on their device."""
 
     config: ModelConfig
-    unet: UNet
+    network: UNet | MMDiT | Flux
     vae: AutoencoderKL | None
     text_encoder: object | None
-    family: str  # "noisecraft", "sd1", "sd2" or "sdxl"
+    family: str  # "noisecraft", "sd1", "sd2", "sdxl", "sd3" or "flux"
     subjects: SubjectIndex | None
     source: Source
+    t5: T5TextEncoder | None = None  # SD3 (optional) and FLUX: the T5 encoder beside the CLIP ones
+
+    @property
+    def unet(self) -> UNet | None:
+        return self.network if isinstance(self.network, UNet) else None
 
 
 def identify(path: str | os.PathLike | None = None) -> Source:
@@ -80,7 +89,7 @@ def identify(path: str | os.PathLike | None = None) -> Source:
     if not path.exists():
         raise ModelFileError(f"no model at {path}; give a noisecraft model folder or .safetensors file")
     if is_diffusers_folder(path):
-        return Source(path, "diffusers", weights_file(path / "unet", DIFFUSERS_WEIGHTS, ("*.safetensors", "*.bin")), path.name)
+        return Source(path, "diffusers", component_file(path / ("unet" if (path / "unet").is_dir() else "transformer")), path.name)
     file = weights_file(path)
     fmt = sniff(file)
     header = read_safetensors_header(file) if fmt == "safetensors" else None
@@ -100,16 +109,25 @@ def _name(path: Path, file: Path, header: dict | None, builtin: bool) -> str:
     return file.parent.name if file.name == "model.safetensors" else file.stem
 
 
-def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None) -> SDCheckpoint:
-    """A Stable Diffusion model's weights (a `Source` or a path), in the original layout, on the CPU."""
+def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None, text_encoders=()) -> SDCheckpoint:
+    """A Stable Diffusion model's weights (a `Source` or a path), in the original layout, on the CPU; `text_encoders`:
+    standalone CLIP / T5 files for an SD3 or FLUX file."""
     source = source if isinstance(source, Source) else identify(source)
+    flow = (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {})
+    if flow and prediction:
+        raise UserError("--prediction is for UNet models; SD3 and FLUX predict the flow's velocity")
+    if not flow and text_encoders:
+        raise UserError("--text-encoders is for SD3 and FLUX files; this model carries its own text encoders")
     if source.kind == "diffusers":
-        return load_diffusers_folder(source.path, source.name, prediction=prediction)
-    return load_single_file(source.file, source.name, fmt=source.fmt, header=source.header, prediction=prediction)
+        return load_flow_folder(source.path, source.name) if flow else load_diffusers_folder(source.path, source.name, prediction=prediction)
+    if not flow:
+        return load_single_file(source.file, source.name, fmt=source.fmt, header=source.header, prediction=prediction)
+    state, metadata = read_tensors(source.file, source.fmt, source.header)
+    return load_flow_single_file(source.file, source.name, state, metadata, flow, text_files(text_encoders or ()))
 
 
 def load_components(source: Source, *, device: torch.device, dtype: torch.dtype, vae: str | os.PathLike | None = None,
-                    prediction: str | None = None) -> Components:
+                    prediction: str | None = None, text_encoders=()) -> Components:
     """Build a model's networks on `device`: the UNet in `dtype`, the VAE in float32 (SD's in `dtype` on
     CUDA), the text encoder. `vae` swaps in a standalone autoencoder and `prediction` ("eps" or "v")
     overrides what a Stable Diffusion file implies."""
@@ -126,11 +144,13 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
         text_encoder = load_text_encoder(config.text_encoder).to(device) if config.text_encoder else None
         subjects = SubjectIndex.from_part(parts["subjects"]) if "subjects" in parts and text_encoder is not None else None
         return Components(config, unet, autoencoder, text_encoder, "noisecraft", subjects, source)
-    ckpt = read_checkpoint(source, prediction)
+    ckpt = read_checkpoint(source, prediction, text_encoders)
     config = ckpt.config
     if vae is not None:
         ckpt.parts["vae"] = load_vae_file(Path(vae))
         config = dataclasses.replace(config, vae=vae_config_of(ckpt.parts["vae"], ckpt.family))
+    if config.transformer is not None:
+        return _flow_components(ckpt, config, source, device, dtype)
     unet = build_module(UNet, config.unet, ckpt.parts.pop("unet"), device, dtype)
     # The VAE runs in the UNet's dtype on GPUs; `Pipeline.decode` falls back to float32 if fp16 overflows.
     autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
@@ -142,6 +162,33 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
         raise ModelFileError(f"{source.file}'s text encoder gives {text_encoder.dim}-wide states but its UNet reads "
                              f"{config.unet.context_dim}; the file mixes parts of different models")
     return Components(config, unet, autoencoder, text_encoder, ckpt.family, None, source)
+
+
+def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, device, dtype) -> Components:
+    """The networks of an SD3 / FLUX checkpoint: transformer, VAE, CLIP encoder(s) and T5 (optional for SD3)."""
+    flux = isinstance(config.transformer, FluxConfig)
+    if "vae" not in ckpt.parts:
+        raise UserError(f"{source.file} holds no autoencoder; add one with --vae FILE (FLUX.1's ae.safetensors, SD3's vae)")
+    if ckpt.folder is None and not any(k.startswith(CLIP_L) for k in ckpt.text_state):
+        files = "clip_l.safetensors t5xxl_fp16.safetensors" if flux else "clip_l.safetensors clip_g.safetensors [t5xxl_fp16.safetensors]"
+        raise UserError(f"{source.file} holds no text encoders; give them with --text-encoders {files}")
+    net = build_module(Flux if flux else MMDiT, config.transformer, ckpt.parts.pop("transformer"), device, dtype)
+    autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
+    if ckpt.folder is not None:
+        text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
+    else:
+        text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
+    t5_state, tokenizer_folder = t5_state_of(ckpt)
+    t5 = None if t5_state is None else T5TextEncoder.from_state(t5_state, bundled_tokenizer(tokenizer_folder), T5_LENGTH[ckpt.family],
+                                                                device=device, dtype=dtype)
+    if flux and t5 is None:
+        raise UserError(f"{source.file} has no T5 text encoder, which FLUX.1 reads; give one with --text-encoders t5xxl_fp16.safetensors")
+    widths = {"T5": (t5.dim if t5 else config.transformer.context_dim, config.transformer.context_dim),
+              "pooled": (text_encoder.pooled_dim, config.transformer.pooled_dim)}
+    wrong = [f"its {what} text states are {have} wide where the transformer reads {want}" for what, (have, want) in widths.items() if have != want]
+    if wrong:
+        raise ModelFileError(f"{source.file}'s text encoders do not fit its transformer ({wrong[0]}); they are of another model")
+    return Components(config, net, autoencoder, text_encoder, ckpt.family, None, source, t5=t5)
 
 
 def build_module(cls, config, state: dict, device, dtype):

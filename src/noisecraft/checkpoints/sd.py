@@ -29,13 +29,15 @@ from ..text.clip import FAMILIES, CLIPTextConfig, SDTextEncoder, build_text_towe
 from ..text.clip_tokenizer import CLIPTokenizer, read_pad_token
 from . import keymaps
 from .config import ModelConfig
-from .io import check_finite, load_weights, read_tensors, split_prefix, weights_file
+from .io import check_finite, read_tensors, split_prefix, weights_file
 from .sd_config import family_of, model_config, prediction_of, unet_config_from_diffusers, unet_config_of, vae_config_of
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+BARE_TRANSFORMER = ("double_blocks.0.", "joint_blocks.0.")  # FLUX / SD3 transformers without model.diffusion_model.
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+TEXT_WEIGHTS = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
 
 
 @dataclass
@@ -51,19 +53,30 @@ class SDCheckpoint:
 
     @property
     def inpainting(self) -> bool:
-        return self.config.unet.in_channels > self.config.unet.out_channels
+        return self.config.inpainting
 
 
 # -- recognising -----------------------------------------------------------------------------------
 def is_sd_single_file(fmt: str, header: dict | None) -> bool:
-    """Whether a sniffed file is a Stable Diffusion single file: a pickle, or safetensors with UNet tensors."""
+    """Whether a sniffed file is a Stable Diffusion single file: a pickle, or safetensors with UNet tensors (or an
+    SD3 / FLUX transformer's, bare as Black Forest Labs ships FLUX: `flow_files.transformer_family`)."""
     if fmt != "safetensors":
         return fmt in ("zip-pickle", "pickle")
-    return any(k.startswith(UNET_PREFIX) for k in header)
+    return any(k.startswith(UNET_PREFIX) or k.startswith(BARE_TRANSFORMER) for k in header)
 
 
 def is_diffusers_folder(path: Path) -> bool:
-    return path.is_dir() and (path / "unet").is_dir() and ((path / "model_index.json").exists() or (path / "vae").is_dir())
+    """A diffusers model folder: ``unet/`` (SD 1.x/2.x/XL) or ``transformer/`` (SD3, FLUX) beside its ``vae/``."""
+    return path.is_dir() and ((path / "unet").is_dir() or (path / "transformer").is_dir()) and \
+        ((path / "model_index.json").exists() or (path / "vae").is_dir())
+
+
+def component_file(directory: Path) -> Path:
+    """The file that names a component folder's weights: the weights file, or the index of its shards."""
+    index = directory / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file() and not any((directory / name).is_file() for name in DIFFUSERS_WEIGHTS):
+        return index
+    return weights_file(directory, DIFFUSERS_WEIGHTS, ("*.safetensors", "*.bin"))
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -85,21 +98,41 @@ def load_single_file(file: Path, name: str, *, fmt: str, header: dict | None, pr
     return SDCheckpoint(config, {"unet": unet, "vae": vae}, file, family, text_state=text)
 
 
-def _folder_part(directory: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """The weights and config.json of one diffusers component folder (``unet/``, ``vae/``)."""
+def read_json(path: Path) -> dict:
+    """A folder's JSON config ({} when there is none)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ModelFileError(f"{path} is not valid JSON; copy the folder again") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path} is not a JSON object; copy the folder again")
+    return data
+
+
+def folder_weights(directory: Path, text: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of one component folder (``unet/``, ``transformer/``, ``text_encoder/``): one file, or the
+    shards its safetensors index names; and the file that names them (the weights file or the index)."""
     if not directory.is_dir():
         raise ModelFileError(f"{directory.parent} has no {directory.name}/ folder; a diffusers model needs one")
-    file = weights_file(directory, DIFFUSERS_WEIGHTS, ("*.safetensors", "*.bin"))
-    config_file = directory / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise ModelFileError(f"{config_file} is not valid JSON; copy the folder again") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{config_file} is not a JSON object; copy the folder again")
-    state, _ = read_tensors(file)
+    names = TEXT_WEIGHTS if text else DIFFUSERS_WEIGHTS
+    index = directory / ("model.safetensors.index.json" if text else "diffusion_pytorch_model.safetensors.index.json")
+    if index.is_file() and not any((directory / name).is_file() for name in names):
+        try:
+            files = sorted(set(read_json(index)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError):
+            raise ModelFileError(f"{index} is not a safetensors index; copy the folder again") from None
+        if any("/" in f or "\\" in f or f.startswith(".") for f in files):
+            raise ModelFileError(f"{index} names files outside its folder; noisecraft does not follow it")
+        return {k: v for f in files for k, v in read_tensors(directory / f)[0].items()}, index
+    file = weights_file(directory, names, () if text else ("*.safetensors", "*.bin"))
+    return read_tensors(file)[0], file
+
+
+def _folder_part(directory: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """The weights and config.json of one diffusers component folder (``unet/``, ``vae/``)."""
+    state, file = folder_weights(directory)
     check_finite(state, file)
-    return state, config, file
+    return state, read_json(directory / "config.json"), file
 
 
 def load_diffusers_folder(folder: Path, name: str, *, prediction: str | None = None) -> SDCheckpoint:
@@ -114,12 +147,7 @@ def load_diffusers_folder(folder: Path, name: str, *, prediction: str | None = N
         raise ModelFileError(f"{unet_file} does not match its config.json ({error.args[0]})") from None
     family = family_of(unet)
     vae = vae_from_diffusers_layout(vae_d)
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    try:
-        scheduler = json.loads(scheduler_file.read_text(encoding="utf-8")) if scheduler_file.exists() else {}
-        scheduler = scheduler if isinstance(scheduler, dict) else {}
-    except (ValueError, UnicodeDecodeError):
-        raise ModelFileError(f"{scheduler_file} is not valid JSON; copy the folder again") from None
+    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     declared = prediction or scheduler.get("prediction_type")
     vae_config = vae_config_of(vae, family)
     if vae_json.get("scaling_factor"):
@@ -220,15 +248,4 @@ def text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu", d
 
 
 def _text_folder_weights(sub: Path) -> dict:
-    """A text_encoder/ folder's weights: one file, or the shards its safetensors index names."""
-    names = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
-    index = sub / "model.safetensors.index.json"
-    if index.is_file() and not any((sub / name).is_file() for name in names):
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ModelFileError(f"{index} is not a safetensors index; copy the folder again") from None
-        if any("/" in f or "\\" in f or f.startswith(".") for f in files):
-            raise ModelFileError(f"{index} names files outside its folder; noisecraft does not follow it")
-        return {k: v for f in files for k, v in load_weights(sub / f)[0].items()}
-    return load_weights(weights_file(sub, names, ()))[0]
+    return folder_weights(sub, text=True)[0]

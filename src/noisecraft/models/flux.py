@@ -169,9 +169,10 @@ class SingleStreamBlock(nn.Module):
 
 
 class Flux(nn.Module):
-    """``forward(img, img_ids, txt, txt_ids, t, y, guidance)``: the velocity of packed latent tokens `img`
-    [B, L, 64] at timestep t [B] (1000 sigma), text tokens `txt` [B, Lt, context_dim], CLIP pooled `y`
-    [B, pooled_dim], `guidance` [B] (dev); positions `img_ids` [L, 3], `txt_ids` [Lt, 3]."""
+    """``forward(x, t, context, y, guidance)``: the velocity of latents x [B, C, H, W] (packed into 2x2 tokens here
+    and unpacked after) at timestep t [B] (1000 sigma), text tokens `context` [B, Lt, context_dim] (T5), CLIP
+    pooled `y` [B, pooled_dim], distilled `guidance` [B] (dev). Packed tokens [B, L, 4C] go in as they are,
+    with their positions `img_ids` [L, 3]; text positions are zeros unless `txt_ids` says otherwise."""
 
     def __init__(self, config: FluxConfig, dtype: torch.dtype | None = None, device=None):
         super().__init__()
@@ -188,7 +189,13 @@ class Flux(nn.Module):
         self.final_layer.linear = nn.Linear(c.hidden, c.out_channels, **dd)
         self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden, **dd))
 
-    def forward(self, img, img_ids, txt, txt_ids, t, y, guidance=None) -> torch.Tensor:
+    def forward(self, x, t, context, y, guidance=None, img_ids=None, txt_ids=None) -> torch.Tensor:
+        if x.ndim == 4:
+            height, width = x.shape[2:]
+            img, img_ids = pack(x)
+            return unpack(self.forward(img, t, context, y, guidance, img_ids, txt_ids), height, width).to(x.dtype)
+        img, txt = x, context
+        txt_ids = torch.zeros(txt.shape[1], 3, device=txt.device) if txt_ids is None else txt_ids
         c, dtype = self.config, self.img_in.weight.dtype
         b = img.shape[0]
         vec = self.time_in(timestep_sinusoids(torch.as_tensor(t, device=img.device).expand(b)).to(dtype))

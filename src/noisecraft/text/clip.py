@@ -149,6 +149,8 @@ FAMILIES = {
     # SD3 / SD3.5: SDXL's two CLIP towers (penultimate states), both pooled and projected (T5 comes apart)
     "sd3": (Part("text_encoder", "lora_te1", ("text_encoders.clip_l.transformer.",), "quick_gelu", EOS, 2, False, projection=True),
             Part("text_encoder_2", "lora_te2", ("text_encoders.clip_g.transformer.",), "gelu", "!", 2, False, projection=True)),
+    # FLUX.1: CLIP-L's pooled vector alone (final LayerNorm at EOS, no projection); its tokens come from T5
+    "flux": (Part("text_encoder", "lora_te1", ("text_encoders.clip_l.transformer.",), "quick_gelu", EOS, 1, True),),
 }
 POOL_ALL = {"sd3"}  # families whose pooled vector is every tower's, concatenated (else the last tower's)
 
@@ -158,10 +160,10 @@ def text_family(family: str) -> str:
     name = family.lower().replace("_", "-").replace(".", "")
     if name.startswith("sdxl") and "refiner" not in name:
         return "sdxl"
-    for key in ("sd3", "sd2", "sd1"):
+    for key in ("sd3", "sd2", "sd1", "flux"):
         if name.startswith(key):
             return key
-    raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl, sd3")
+    raise UserError(f"noisecraft has no CLIP text encoder for model family {family!r}; known: sd1, sd2, sdxl, sd3, flux")
 
 
 def config_from_state(state: dict, activation: str) -> CLIPTextConfig:

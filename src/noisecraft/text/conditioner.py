@@ -1,5 +1,6 @@
 """Prompts -> the conditioning dict a UNet takes: ``context`` (token states), ``context_mask``
-(noisecraft's models), ``y`` (pooled vector; for SDXL with its size conditioning).
+(noisecraft's models), ``y`` (pooled vector; for SDXL with its size conditioning); SD3's and FLUX's
+transformers take ``context`` (with T5's tokens) and ``y`` too.
 
 One `Conditioner` per loaded model. It also decides which words the UNet reads (`subject`): the
 prompt's own, or the nearest subject of the model's subject index (`text.subjects`).
@@ -66,6 +67,8 @@ class Conditioner:
             emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
         if self.family == "sd3":
             return self._sd3(prompts, emb)
+        if self.family == "flux":  # T5's tokens, CLIP-L's pooled vector (Black Forest Labs 2024)
+            return {"context": self.t5.encode(prompts).tokens.to(self.device, self.dtype), "y": emb.pooled.to(self.dtype)}
         cond = {"context": emb.tokens.to(self.dtype)}
         if self.family == "noisecraft":
             cond["context_mask"] = emb.mask

@@ -4,19 +4,42 @@ T5EncoderModel, with a `tokenizers` tokenizer (T5's SentencePiece unigram vocabu
     t5 = T5TextEncoder.from_state(weights, tokenizer, max_length=256)   # transformers-layout tensors
     t5.encode(["a red teapot"]).tokens                                    # [B, max_length, d_model]
 
+Single files carry no vocabulary: `bundled_tokenizer` is T5 v1.1's own (Apache-2.0, shipped in ``t5_vocab/``
+with its licence and provenance); a diffusers folder's ``tokenizer.json`` is read where there is one.
 Prompts are padded (with ``<pad>``) and cut to `max_length` tokens after the closing ``</s>``, and the encoder
 runs without an attention mask, as diffusers' SD3 and FLUX pipelines run it (the models were trained so).
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import re
+from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelFileError
 from .base import TextEmbedding
+
+
+@functools.cache
+def _bundled_json() -> str:
+    return gzip.decompress(resources.files(__package__).joinpath("t5_vocab", "t5_tokenizer.json.gz").read_bytes()).decode("utf-8")
+
+
+def bundled_tokenizer(folder: str | Path | None = None):
+    """T5 v1.1's tokenizer (`tokenizers.Tokenizer`): a folder's ``tokenizer.json`` if given, else the shipped one."""
+    from tokenizers import Tokenizer
+
+    if folder is not None:
+        try:
+            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+        except Exception as error:  # tokenizers raises its own Exception type for malformed files
+            raise ModelFileError(f"{folder}/tokenizer.json is not a tokenizer file ({str(error)[:120]}); copy the folder again") from None
+    return Tokenizer.from_str(_bundled_json())
 
 
 def t5_config_from_state(state: dict[str, torch.Tensor]):
@@ -51,10 +74,12 @@ class T5TextEncoder(nn.Module):
         self.dim = model.config.d_model
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], tokenizer, max_length: int = 256, device="cpu",
+    def from_state(cls, state: dict[str, torch.Tensor], tokenizer=None, max_length: int = 256, device="cpu",
                    dtype=torch.float32) -> "T5TextEncoder":
+        """A T5 encoder from transformers-layout tensors; `tokenizer` None: the bundled T5 v1.1 vocabulary."""
         from transformers import T5EncoderModel
 
+        tokenizer = tokenizer if tokenizer is not None else bundled_tokenizer()
         state = dict(state)
         if "shared.weight" not in state:  # encoder-only files keep the embedding under the encoder's name
             state["shared.weight"] = state["encoder.embed_tokens.weight"]
@@ -78,4 +103,4 @@ class T5TextEncoder(nn.Module):
         return TextEmbedding(tokens, tokens.new_zeros(len(prompts), 0), torch.ones(ids.shape, dtype=torch.bool, device=ids.device))
 
 
-__all__ = ["T5TextEncoder", "t5_config_from_state"]
+__all__ = ["T5TextEncoder", "bundled_tokenizer", "t5_config_from_state"]

@@ -64,7 +64,7 @@ def sample_grid(trainer, path: Path) -> Path:
         pictures = [to_pil((t + 1) / 2) for t in torch.cat([x, recon])]
         return save_png(grid(pictures, 8), path, parameters=f"autoencoder reconstructions, step {trainer.step}")
     s = trainer.config.sample
-    pipe = Pipeline(config, trainer.ema, trainer.vae, trainer.text_encoder, device=trainer.device, name=config.name)
+    pipe = Pipeline(config, trainer.ema, trainer.vae, trainer.text_encoder, device=trainer.device)
     pictures = []
     for prompt in s.prompts:
         pictures += pipe(Request(prompt, steps=s.steps, guidance_scale=s.guidance_scale, sampler=s.sampler, seed=s.seed, num_images=4))

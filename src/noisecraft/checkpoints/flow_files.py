@@ -121,21 +121,43 @@ def load_flow_single_file(file: Path, name: str, state: dict[str, torch.Tensor],
     return SDCheckpoint(config, {"transformer": net, **({"vae": vae} if vae else {})}, file, family, text_state=text)
 
 
-def load_flow_folder(folder: Path, name: str) -> SDCheckpoint:
-    """A diffusers SD3 / FLUX folder (``transformer/`` sharded or whole)."""
-    state, file = folder_weights(folder / "transformer")
+def load_flow_folder(folder: Path, name: str, meta: bool = False) -> SDCheckpoint:
+    """A diffusers SD3 / FLUX folder (``transformer/`` sharded or whole; `meta`: shapes only, for `describe`)."""
+    state, file = folder_weights(folder / "transformer", meta=meta)
     family = transformer_family(state)
     if family is None:
         raise ModelFileError(f"{folder}/transformer holds neither an SD3 nor a FLUX transformer")
     net = original_layout(state, family)
     check_finite(net, file)
-    vae_state, vae_file = folder_weights(folder / "vae")
+    vae_state, vae_file = folder_weights(folder / "vae", meta=meta)
     check_finite(vae_state, vae_file)
     vae = vae_from_diffusers_layout(vae_state)
     t5 = (folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2")).is_dir()
+    text = {CLIP_L: (folder / "text_encoder").is_dir(), CLIP_G: family == "sd3" and (folder / "text_encoder_2").is_dir(), T5: t5}
     config = flow_config(family, net, vae, name, t5=t5, scheduler=read_json(folder / "scheduler" / "scheduler_config.json"),
                          vae_json=read_json(folder / "vae" / "config.json"))
-    return SDCheckpoint(config, {"transformer": net, "vae": vae}, file, family, folder=folder)
+    return SDCheckpoint(config, {"transformer": net, "vae": vae}, file, family, folder=folder,
+                        text_state={k: torch.empty(0, device="meta") for k, there in text.items() if there})
+
+
+def describe_flow(ckpt: SDCheckpoint) -> dict[str, str]:
+    """`noisecraft info`'s lines for an SD3 / FLUX checkpoint: family, transformer size and precision, text encoders."""
+    c, net = ckpt.config.transformer, ckpt.parts["transformer"]
+    count = sum(t.numel() for t in net.values())
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in net.values() if t.ndim >= 2})
+    if isinstance(c, FluxConfig):
+        family = f"FLUX.1 {'dev (guidance distilled)' if c.guidance_embed else 'schnell (timestep distilled)'}"
+        shape = f"{c.depth} double + {c.depth_single} single blocks, width {c.hidden}"
+        sampling = "flow matching, resolution shift (mu 0.5 at 256 tokens .. 1.15 at 4096)" if ckpt.config.flow_dynamic else "flow matching, no shift"
+    else:
+        family = ("Stable Diffusion 3.5 Medium (MMDiT-X)" if c.dual_attention_layers else
+                  "Stable Diffusion 3.5 Large" if c.qk_norm else "Stable Diffusion 3")
+        shape, sampling = f"{c.depth} joint blocks, width {c.hidden}", f"flow matching, shift {ckpt.config.flow_shift:g}"
+    prefixes = {CLIP_L: "CLIP-L", CLIP_G: "CLIP-G", T5: "T5-XXL"}
+    text = [name for prefix, name in prefixes.items() if any(k.startswith(prefix) for k in ckpt.text_state)]
+    size = f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+    return {"family": family, "transformer": f"{size} parameters ({', '.join(dtypes)}), {shape}", "prediction": sampling,
+            "text": " + ".join(text) if text else "none in the file (give them with --text-encoders)"}
 
 
 def t5_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Path | None]:

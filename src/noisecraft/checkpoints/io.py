@@ -116,10 +116,25 @@ def read_tensors(file: Path, fmt: str | None = None, header: dict | None = None)
 
 
 def check_finite(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    """Refuse weights with NaN or infinite values: the model would draw nothing but black."""
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    """Refuse weights with NaN or infinite values: the model would draw nothing but black (meta tensors pass)."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()]
     if bad:
         raise ModelFileError(f"{file} has NaN or infinite weights in {len(bad)} tensor(s) (first: {bad[0]}); the model is broken")
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def header_tensors(header: dict) -> dict[str, torch.Tensor]:
+    """A safetensors header's tensors on the meta device: names, shapes and dtypes without reading a byte of data
+    (what `noisecraft info` needs of a 24 GB file)."""
+    try:
+        return {k: torch.empty(v["shape"], dtype=SAFETENSORS_DTYPES[v["dtype"]], device="meta")
+                for k, v in header.items() if k != "__metadata__"}
+    except (KeyError, TypeError) as error:
+        raise ModelFileError(f"the safetensors header describes a tensor noisecraft cannot read ({error})") from None
 
 
 def split_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -26,8 +26,8 @@ from ..text.minilm import load_text_encoder
 from ..text.subjects import SubjectIndex
 from ..text.t5 import T5TextEncoder, bundled_tokenizer
 from .config import ModelConfig
-from .flow_files import CLIP_L, T5_LENGTH, load_flow_folder, load_flow_single_file, t5_state_of, text_files, transformer_family
-from .io import model_hash, read_safetensors_header, read_tensors, sniff, weights_file
+from .flow_files import CLIP_L, T5_LENGTH, describe_flow, load_flow_folder, load_flow_single_file, t5_state_of, text_files, transformer_family
+from .io import header_tensors, model_hash, read_safetensors_header, read_tensors, sniff, weights_file
 from .noisecraft import is_noisecraft, read_model_file
 from .sd import (SDCheckpoint, component_file, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
                  load_single_file, load_vae_file, text_encoder_from_folder, text_encoder_from_single_file)
@@ -109,9 +109,10 @@ def _name(path: Path, file: Path, header: dict | None, builtin: bool) -> str:
     return file.parent.name if file.name == "model.safetensors" else file.stem
 
 
-def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None, text_encoders=()) -> SDCheckpoint:
+def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None, text_encoders=(),
+                    meta: bool = False) -> SDCheckpoint:
     """A Stable Diffusion model's weights (a `Source` or a path), in the original layout, on the CPU; `text_encoders`:
-    standalone CLIP / T5 files for an SD3 or FLUX file."""
+    standalone CLIP / T5 files for an SD3 or FLUX file; `meta`: an SD3 / FLUX model's shapes only (from its headers)."""
     source = source if isinstance(source, Source) else identify(source)
     flow = (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {})
     if flow and prediction:
@@ -119,10 +120,11 @@ def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None =
     if not flow and text_encoders:
         raise UserError("--text-encoders is for SD3 and FLUX files; this model carries its own text encoders")
     if source.kind == "diffusers":
-        return load_flow_folder(source.path, source.name) if flow else load_diffusers_folder(source.path, source.name, prediction=prediction)
+        return load_flow_folder(source.path, source.name, meta) if flow else load_diffusers_folder(source.path, source.name, prediction=prediction)
     if not flow:
         return load_single_file(source.file, source.name, fmt=source.fmt, header=source.header, prediction=prediction)
-    state, metadata = read_tensors(source.file, source.fmt, source.header)
+    state, metadata = ((header_tensors(source.header), source.header.get("__metadata__") or {}) if meta else
+                       read_tensors(source.file, source.fmt, source.header))
     return load_flow_single_file(source.file, source.name, state, metadata, flow, text_files(text_encoders or ()))
 
 
@@ -134,6 +136,8 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
     if source.kind == "noisecraft":
         if vae is not None or prediction is not None:
             raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
+        if text_encoders:
+            raise UserError("--text-encoders is for SD3 and FLUX files; a noisecraft model carries its own text encoder")
         config, parts = read_model_file(source.file, source.fmt, source.header)
         if config.kind == "vae" or config.unet is None:
             raise UserError(f"{source.file} is an autoencoder alone; generation needs a diffusion model (kind 'latent' or 'pixel')")
@@ -208,6 +212,11 @@ def describe(source: Source) -> dict[str, str]:
     if source.kind == "noisecraft":
         config, parts = read_model_file(source.file, source.fmt, source.header)
         family = None
+    elif (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {}):
+        ckpt = read_checkpoint(source, meta=True)
+        config, parts = ckpt.config, ckpt.parts
+        flow = describe_flow(ckpt)
+        family = flow.pop("family")
     else:
         ckpt = read_checkpoint(source)
         config, parts = ckpt.config, ckpt.parts
@@ -217,16 +226,21 @@ def describe(source: Source) -> dict[str, str]:
     kinds = {"latent": "UNet over VAE latents", "pixel": "UNet over pixels"}
     lines = {"family": family} if family else {}
     lines |= {"file": f"{source.file} ({source.file.stat().st_size / 1e6:.1f} MB, hash {source.hash})",
-              "name": config.name, "kind": f"{config.kind} ({kinds.get(config.kind, 'autoencoder alone')})"}
+              "name": config.name, "kind": f"{config.kind} ({'transformer over VAE latents' if config.transformer else kinds.get(config.kind, 'autoencoder alone')})"}
     if config.unet:
         lines["unet"] = (f"{counts.get('unet', 0) / 1e6:.2f}M parameters ({', '.join(dtypes.get('unet', []))}), "
                          f"channels {config.unet.model_channels} x {list(config.unet.channel_mult)}")
         lines["prediction"] = (f"{config.prediction}, {config.beta_schedule} betas {config.beta_start}..{config.beta_end}, "
                                f"{config.num_train_timesteps} steps")
+    if config.transformer:
+        lines |= {k: v for k, v in flow.items() if k != "text"}
     if config.vae:
+        shift = f", shift {config.vae.shift_factor}" if config.vae.shift_factor else ""
         lines["vae"] = (f"{counts.get('vae', 0) / 1e6:.2f}M parameters, downsampling x{config.vae.downsample_factor}, "
-                        f"{config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}")
-    lines["text"] = config.text_encoder or "none (unconditional)"
+                        f"{config.vae.embed_dim} latent channels, scaling {config.vae.scaling_factor}{shift}")
+    elif config.transformer:
+        lines["vae"] = "none in the file (give one with --vae)"
+    lines["text"] = flow["text"] if config.transformer else config.text_encoder or "none (unconditional)"
     if "subjects" in parts:
         index = SubjectIndex.from_part(parts["subjects"])
         lines["subjects"] = (f"{len(index.names)} ({len(index.vectors)} phrases); prompts draw the nearest one "

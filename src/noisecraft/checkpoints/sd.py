@@ -29,7 +29,7 @@ from ..text.clip import FAMILIES, CLIPTextConfig, SDTextEncoder, build_text_towe
 from ..text.clip_tokenizer import CLIPTokenizer, read_pad_token
 from . import keymaps
 from .config import ModelConfig
-from .io import check_finite, read_tensors, split_prefix, weights_file
+from .io import check_finite, header_tensors, read_safetensors_header, read_tensors, split_prefix, weights_file
 from .sd_config import family_of, model_config, prediction_of, unet_config_from_diffusers, unet_config_of, vae_config_of
 
 UNET_PREFIX = "model.diffusion_model."
@@ -109,9 +109,11 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def folder_weights(directory: Path, text: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
+def folder_weights(directory: Path, text: bool = False, meta: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
     """The weights of one component folder (``unet/``, ``transformer/``, ``text_encoder/``): one file, or the
-    shards its safetensors index names; and the file that names them (the weights file or the index)."""
+    shards its safetensors index names; and the file that names them (the weights file or the index).
+    `meta`: the tensors' names, shapes and dtypes only, from the safetensors headers."""
+    read = (lambda f: (header_tensors(read_safetensors_header(f)), {})) if meta else read_tensors
     if not directory.is_dir():
         raise ModelFileError(f"{directory.parent} has no {directory.name}/ folder; a diffusers model needs one")
     names = TEXT_WEIGHTS if text else DIFFUSERS_WEIGHTS
@@ -123,9 +125,9 @@ def folder_weights(directory: Path, text: bool = False) -> tuple[dict[str, torch
             raise ModelFileError(f"{index} is not a safetensors index; copy the folder again") from None
         if any("/" in f or "\\" in f or f.startswith(".") for f in files):
             raise ModelFileError(f"{index} names files outside its folder; noisecraft does not follow it")
-        return {k: v for f in files for k, v in read_tensors(directory / f)[0].items()}, index
+        return {k: v for f in files for k, v in read(directory / f)[0].items()}, index
     file = weights_file(directory, names, () if text else ("*.safetensors", "*.bin"))
-    return read_tensors(file)[0], file
+    return read(file)[0], file
 
 
 def _folder_part(directory: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:

@@ -99,7 +99,7 @@ def cmd_generate(args) -> int:
     if sides and mask is not None:
         raise UserError("--outpaint makes its own mask; leave out --mask")
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
-                                    prediction=args.prediction)
+                                    prediction=args.prediction, text_encoders=args.text_encoders)
     if args.vae_tiling:
         pipe.enable_vae_tiling()
     if args.offload:

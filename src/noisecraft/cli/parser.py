@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(depth, lineart, scribble, pose, softedge, seg, normal); e.g. canny:photo.png:0.8")
     gen.add_argument("--embedding", action="append", default=[], metavar="FILE[:WORD]", help="load a textual-inversion embedding, called by WORD (default: its file name) in the prompt (repeatable)")
     gen.add_argument("--vae", default=None, metavar="FILE", help="use this autoencoder instead of the checkpoint's")
+    gen.add_argument("--text-encoders", nargs="+", default=None, metavar="FILE",
+                     help="CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl)")
     gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
     gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")

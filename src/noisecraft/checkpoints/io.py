@@ -21,17 +21,20 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
+from .stored import FP8, GGUFWeight, read_gguf
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _HASHES: dict[tuple, str] = {}
 
 
 def sniff(path: Path) -> str:
-    """Name a weights file's format from its first bytes: safetensors, zip-pickle, pickle or unknown."""
+    """Name a weights file's format from its first bytes: safetensors, gguf, zip-pickle, pickle or unknown."""
     with open(path, "rb") as handle:
         head = handle.read(9)
     if head[:4] == b"PK\x03\x04":
         return "zip-pickle"
+    if head[:4] == b"GGUF":
+        return "gguf"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
     if len(head) >= 9:
@@ -83,6 +86,8 @@ def load_weights(path: str | Path, fmt: str | None = None, header: dict | None =
     if not path.is_file():
         raise ModelFileError(f"no file at {path}")
     kind = fmt or sniff(path)
+    if kind == "gguf":
+        return read_gguf(path)
     if kind == "safetensors":
         metadata = (header if header is not None else read_safetensors_header(path)).get("__metadata__") or {}
         try:
@@ -112,12 +117,12 @@ def read_tensors(file: Path, fmt: str | None = None, header: dict | None = None)
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise ModelFileError(f"{file} holds no state dict of weights")
-    return {k: v for k, v in data.items() if torch.is_tensor(v)}, metadata
+    return {k: v for k, v in data.items() if torch.is_tensor(v) or isinstance(v, GGUFWeight)}, metadata
 
 
 def check_finite(tensors: dict[str, torch.Tensor], file: Path) -> None:
     """Refuse weights with NaN or infinite values: the model would draw nothing but black (meta tensors pass)."""
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()]
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not t.is_meta and not torch.isfinite(t.to(torch.float16) if t.dtype in FP8 else t).all()]
     if bad:
         raise ModelFileError(f"{file} has NaN or infinite weights in {len(bad)} tensor(s) (first: {bad[0]}); the model is broken")
 

@@ -32,6 +32,7 @@ from .noisecraft import is_noisecraft, read_model_file
 from .sd import (SDCheckpoint, component_file, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
                  load_single_file, load_vae_file, text_encoder_from_folder, text_encoder_from_single_file)
 from .sd_config import vae_config_of
+from .stored import FP8, attach, gguf_header, is_stored, read_gguf
 
 BUILTIN_MODEL = Path(__file__).parent.parent / "builtin"
 BUILTIN = "builtin"  # what names the built-in model where a path is expected (`serve --model builtin`)
@@ -92,7 +93,7 @@ def identify(path: str | os.PathLike | None = None) -> Source:
         return Source(path, "diffusers", component_file(path / ("unet" if (path / "unet").is_dir() else "transformer")), path.name)
     file = weights_file(path)
     fmt = sniff(file)
-    header = read_safetensors_header(file) if fmt == "safetensors" else None
+    header = read_safetensors_header(file) if fmt == "safetensors" else gguf_header(file) if fmt == "gguf" else None
     kind = "sd" if not is_noisecraft(header) and is_sd_single_file(fmt, header) else "noisecraft"
     return Source(path, kind, file, _name(path, file, header, builtin), fmt, header, builtin)
 
@@ -123,8 +124,11 @@ def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None =
         return load_flow_folder(source.path, source.name, meta) if flow else load_diffusers_folder(source.path, source.name, prediction=prediction)
     if not flow:
         return load_single_file(source.file, source.name, fmt=source.fmt, header=source.header, prediction=prediction)
-    state, metadata = ((header_tensors(source.header), source.header.get("__metadata__") or {}) if meta else
-                       read_tensors(source.file, source.fmt, source.header))
+    if meta:
+        state, metadata = (read_gguf(source.file, meta=True) if source.fmt == "gguf" else
+                           (header_tensors(source.header), source.header.get("__metadata__") or {}))
+    else:
+        state, metadata = read_tensors(source.file, source.fmt, source.header)
     return load_flow_single_file(source.file, source.name, state, metadata, flow, text_files(text_encoders or ()))
 
 
@@ -200,11 +204,22 @@ def build_module(cls, config, state: dict, device, dtype):
     where dtype and device already match), frozen for inference."""
     with torch.device("meta"):
         module = cls(config)
+    kept = {k: v for k, v in state.items() if is_stored(v)}  # fp8 / GGUF weights stay stored; see `stored`
     try:
-        module.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as error:
+        missing, unexpected = module.load_state_dict({k: v for k, v in state.items() if k not in kept}, strict=False, assign=True)
+        if set(missing) != set(kept) or unexpected:
+            raise RuntimeError(f"missing {sorted(set(missing) - set(kept))[:3]}, unexpected {unexpected[:3]}")
+        attach(module, kept, dtype, device)
+    except (RuntimeError, AttributeError) as error:
         raise ModelFileError(f"the model file's weights do not fit its config ({str(error).splitlines()[0]})") from None
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if not kept:
+        return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    for sub in module.modules():  # the rest in the compute dtype; the stored weights keep theirs
+        for name, t in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+            if t.is_floating_point() and t.dtype not in FP8:
+                setattr(sub, name, torch.nn.Parameter(t.to(device, dtype), requires_grad=False) if isinstance(t, torch.nn.Parameter)
+                        else t.to(device, dtype))
+    return module.to(device).eval().requires_grad_(False)
 
 
 def describe(source: Source) -> dict[str, str]:

@@ -60,7 +60,7 @@ class SDCheckpoint:
 def is_sd_single_file(fmt: str, header: dict | None) -> bool:
     """Whether a sniffed file is a Stable Diffusion single file: a pickle, or safetensors with UNet tensors (or an
     SD3 / FLUX transformer's, bare as Black Forest Labs ships FLUX: `flow_files.transformer_family`)."""
-    if fmt != "safetensors":
+    if fmt not in ("safetensors", "gguf"):
         return fmt in ("zip-pickle", "pickle")
     return any(k.startswith(UNET_PREFIX) or k.startswith(BARE_TRANSFORMER) for k in header)
 

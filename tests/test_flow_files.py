@@ -130,3 +130,33 @@ def test_sd3_runs_without_t5_and_keeps_guidance_and_img2img(sd3, tmp_path):
     assert first.tobytes() == again.tobytes()  # same seed, same picture
     changed = ours("a teapot", init_image=first, strength=0.5, steps=4, seed=2)[0]
     assert changed.size == (32, 32) and "Denoising strength: 0.5" in changed.info["parameters"]
+
+
+def test_the_a1111_and_openai_apis_serve_sd35_and_flux(sd3, schnell, tmp_path):
+    """The servers are thin: an SD3.5 file and a FLUX.1 folder answer webuiapi's txt2img and openai's images.generate
+    (this FLUX file declares a 32 px native size, which the OpenAI route draws at before upscaling)."""
+    import base64
+    import io
+
+    import openai
+    import webuiapi
+    from PIL import Image
+    from server_fixtures import entry_for, make_pool, running_server
+
+    sd3_file, flux_file = sd3[2]["all-in-one"], tmp_path / "flux1-schnell-32px.safetensors"
+    save_file(load_file(schnell[2]["all-in-one"]), flux_file, {"modelspec.resolution": "32x32"})
+    models = {entry_for(sd3_file, "sd35"): Pipeline.from_pretrained(sd3_file, device="cpu"),
+              entry_for(flux_file, "schnell"): Pipeline.from_pretrained(flux_file, device="cpu")}
+    with running_server(make_pool(models)) as url:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+        api.util_set_model("sd35")
+        result = api.txt2img(prompt="a red teapot", negative_prompt="blurry", width=32, height=32, steps=2, seed=3,
+                             sampler_name="Euler", cfg_scale=4, alwayson_scripts={})
+        assert result.image.size == (32, 32) and "Negative prompt: blurry" in result.info["infotexts"][0]
+        with pytest.raises(RuntimeError, match="422.*not made for flow-matching models"):  # webuiapi raises on 4xx
+            api.txt2img(prompt="a red teapot", width=32, height=32, steps=2, sampler_name="DPM++ 2M SDE", alwayson_scripts={})
+        api.util_set_model("schnell")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        made = client.images.generate(prompt="a red teapot", model="schnell", size="256x256", quality="low")
+        image = Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json)))
+        assert image.size == (256, 256) and "Model: " in image.info["parameters"]

@@ -56,5 +56,5 @@ def test_a_flux_shaped_file_reads_its_own_config(guidance):
     with torch.no_grad():
         expected = ref(img, encoder_hidden_states=txt, pooled_projections=pooled, timestep=sigma, img_ids=ids,
                        txt_ids=torch.zeros(5, 3), guidance=scale).sample
-        out = ours(img, ids, txt, torch.zeros(5, 3), 1000 * sigma, pooled, scale)
+        out = ours(img, 1000 * sigma, txt, pooled, scale, ids)
     assert float((out - expected).abs().max() / expected.abs().max()) <= 1e-5

@@ -173,9 +173,8 @@ class Pipeline:
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
         """Merge a LoRA file (kohya/A1111 or diffusers/PEFT; `noisecraft finetune`'s for noisecraft models) at `scale`;
         call again to stack more, `unload_loras` to restore the weights. Returns the number of layers changed."""
-        if self.unet is None:
-            raise UserError("LoRA files are not yet read for SD3 / FLUX models in noisecraft; this one takes none")
-        return self._loras.apply(path, float(scale), lora_targets(self.unet, self.config.unet.num_res_blocks, self.text_encoder))
+        blocks = self.config.unet.num_res_blocks if self.config.unet else None
+        return self._loras.apply(path, float(scale), lora_targets(self.network, blocks, self.text_encoder))
 
     def load_controlnet(self, path: str | os.PathLike):
         """A ControlNet file or diffusers folder, on this pipeline's device, for `Control(net, picture, ...)`."""

@@ -14,6 +14,11 @@ A LoRA file stores, per adapted layer, a pair of low-rank factors ``down`` [r, i
 * diffusers / PEFT: ``unet.<diffusers path>.lora_A.weight`` / ``lora_B.weight`` (or
   ``.lora.down.weight`` / ``.lora.up.weight``), ``text_encoder[_2].<path>...``.
 
+SD3's and FLUX's transformers take both too: kohya's ``lora_unet_double_blocks_0_img_attn_qkv`` names our
+(original) layers, diffusers' ``transformer.transformer_blocks.0.attn.to_q`` names a part of one (the rows of the
+fused q/k/v, or of FLUX's fused single-block input, that the key map splits off); `transformer_targets` finds
+those rows by running the key map itself over row numbers, so the LoRA targets and the weight converter agree.
+
 Merging changes the weights in place, so sampling costs nothing extra; the original tensors of every
 touched layer are kept so that `LoraStack.unload` restores the model exactly. Several files stack.
 """
@@ -79,7 +84,7 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, LoraPair], dict[str, str
 _ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
           "lora.down.weight": "down", "lora.up.weight": "up", "alpha": "alpha"}
 _TEXT_PREFIXES = {"lora_te_": "te1", "lora_te1_": "te1", "lora_te2_": "te2"}
-_DIFFUSERS_PARTS = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
+_DIFFUSERS_PARTS = {"unet": "unet", "transformer": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
 
 
 def _parse_key(key: str) -> tuple[str, str] | None:
@@ -112,9 +117,28 @@ def unet_targets(unet: nn.Module, num_res_blocks: int) -> dict[str, nn.Module]:
     return targets
 
 
-def lora_targets(unet: nn.Module, num_res_blocks: int, text_encoder=None) -> dict[str, dict[str, nn.Module]]:
-    """Every layer a LoRA file may name, per part (``unet``, ``te1``, ``te2``), under each name it may use."""
-    targets = {"unet": unet_targets(unet, num_res_blocks)}
+def transformer_targets(net: nn.Module) -> dict[str, tuple[nn.Module, torch.Tensor | None]]:
+    """Every linear layer of an SD3 / FLUX transformer under its underscored original name (the whole weight) and
+    under each diffusers name it is split into (those rows of the weight, as the key map splits them)."""
+    from ..models.flux import Flux
+    from .transformer_keys import flux_to_diffusers, mmdit_to_diffusers
+
+    c = net.config
+    to_diffusers = (lambda s: flux_to_diffusers(s, c.hidden)) if isinstance(net, Flux) else (lambda s: mmdit_to_diffusers(s, c.depth))
+    targets = {}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            targets[name.replace(".", "_")] = (module, None)
+            rows = torch.arange(module.out_features)[:, None]
+            for theirs, part in to_diffusers({f"{name}.weight": rows}).items():
+                targets[theirs.removesuffix(".weight").replace(".", "_")] = (module, part[:, 0])
+    return targets
+
+
+def lora_targets(network: nn.Module, num_res_blocks: int | None, text_encoder=None) -> dict[str, dict]:
+    """Every layer a LoRA file may name, per part (``unet``, ``te1``, ``te2``), under each name it may use;
+    `num_res_blocks` None: the network is an SD3 / FLUX transformer."""
+    targets = {"unet": unet_targets(network, num_res_blocks) if num_res_blocks is not None else transformer_targets(network)}
     for name, module in text_lora_targets(text_encoder).items():
         part, rest = ("te2", name[len("lora_te2_"):]) if name.startswith("lora_te2_") else \
                      ("te1", re.sub(r"^lora_te1?_", "", name))
@@ -149,24 +173,32 @@ class LoraStack:
         missing, plan = [], []
         for layer, pair in pairs.items():
             part, _, name = layer.partition(":")
-            module = targets.get(part, {}).get(name)
+            target = targets.get(part, {}).get(name)
+            module, rows = target if isinstance(target, tuple) else (target, None)
             if module is None:
                 missing.append(layer)
-            elif pair.up.shape[0] * pair.down[0].numel() != module.weight.numel():
+            elif pair.up.shape[0] * pair.down[0].numel() != (module.weight[rows] if rows is not None else module.weight).numel():
                 raise UserError(f"{Path(path).name} does not fit this model: layer {layer} has the wrong size "
                                 "(is it made for another Stable Diffusion family?)")
+            elif hasattr(module, "parametrizations"):
+                raise UserError(f"{Path(path).name} cannot be merged into weights stored in fp8 or GGUF blocks; "
+                                "load the 16-bit model to use LoRA files")
             else:
-                plan.append((module, pair))
+                plan.append((module, rows, pair))
         if missing:
             part = missing[0].partition(":")[0]
             what = "this model's UNet" if part == "unet" else "this model's text encoder"
             raise UserError(f"{Path(path).name} does not fit this model: {len(missing)} of its layers are not in {what} "
                             f"(first: {missing[0]}); is it made for another Stable Diffusion family?")
         with torch.no_grad():
-            for module, pair in plan:
+            for module, rows, pair in plan:
                 weight = module.weight
                 self._backup.setdefault(id(module), (module, weight.detach().to('cpu', copy=True)))
-                weight.add_((scale * pair.delta(weight.shape)).to(weight.device, weight.dtype))
+                if rows is None:
+                    weight.add_((scale * pair.delta(weight.shape)).to(weight.device, weight.dtype))
+                else:
+                    delta = scale * pair.delta(torch.Size((len(rows), weight.shape[1])))
+                    weight.index_add_(0, rows.to(weight.device), delta.to(weight.device, weight.dtype))
         self.loaded.append((Path(path).stem, scale, model_hash(path, digits=12)))
         trigger = metadata.get("noisecraft_trigger", "").strip()
         if trigger:

@@ -160,3 +160,27 @@ def test_the_a1111_and_openai_apis_serve_sd35_and_flux(sd3, schnell, tmp_path):
         made = client.images.generate(prompt="a red teapot", model="schnell", size="256x256", quality="low")
         image = Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json)))
         assert image.size == (256, 256) and "Model: " in image.info["parameters"]
+
+
+def test_the_size_in_memory_is_said_before_loading_and_what_to_do_when_it_will_not_fit(tmp_path, monkeypatch):
+    from noisecraft.checkpoints import memory
+
+    file = tmp_path / "mixed.safetensors"
+    save_file({"a": torch.zeros(1000, 1000, dtype=torch.float16), "b": torch.zeros(1000, 1000).to(torch.float8_e4m3fn),
+               "c": torch.zeros(10, dtype=torch.int64)}, file)
+    assert memory.weight_bytes([file], torch.bfloat16) == 2_000_000 + 1_000_000 + 80  # fp8 stays fp8
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2_500_000)
+    said = memory.fit_report("flux1-dev", [file], torch.device("cuda"), torch.bfloat16, offload=False)
+    assert said == ("flux1-dev: 0.0 GB of weights in bfloat16, more than the 0.0 GB free on cuda: add --offload "
+                    "(one block at a time on the GPU) or use an fp8 or GGUF file")
+    assert memory.fit_report("flux1-dev", [file], torch.device("cuda"), torch.bfloat16, offload=True).endswith("one block at a time on the GPU")
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 10**10)
+    assert memory.fit_report("m", [file], torch.device("cpu"), torch.float32, offload=False) == "m: 0.0 GB of weights in float32, 10.0 GB free in memory"
+
+
+def test_offloading_on_a_cpu_changes_nothing(sd3):
+    pipe = Pipeline.from_pretrained(sd3[2]["all-in-one"], device="cpu", offload=True)
+    again = Pipeline.from_pretrained(sd3[2]["all-in-one"], device="cpu")
+    assert len(pipe.transformer.blocks()) == pipe.transformer.config.depth
+    a, b = (p("a teapot", width=32, height=32, steps=2, seed=1)[0] for p in (pipe, again))
+    assert a.tobytes() == b.tobytes()

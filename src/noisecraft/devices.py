@@ -35,8 +35,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def sequential_offload(modules: list[torch.nn.Module], device: torch.device) -> None:
-    """Keep each module's weights in CPU memory and move it to `device` only while it runs."""
+def sequential_offload(modules: list[torch.nn.Module], device: torch.device, roots: tuple = ()) -> None:
+    """Keep each module's weights in CPU memory and move it to `device` only while it runs; what else of the
+    models in `roots` is not among `modules` (embeddings, norms: small) goes to `device` for good."""
+    inside = {id(t) for m in modules for t in (*m.parameters(), *m.buffers())}
+    for root in roots:
+        for t in (*root.parameters(), *root.buffers()):
+            if id(t) not in inside:
+                t.data = t.data.to(device)
+
     def visit(module):
         module.register_forward_pre_hook(lambda m, args: m.to(device))
         module.register_forward_hook(lambda m, args, out: m.to("cpu"))
@@ -46,6 +53,18 @@ def sequential_offload(modules: list[torch.nn.Module], device: torch.device) -> 
         visit(module)
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for weights on `device` (CUDA: the card's free memory; CPU: the system's available memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def free_memory(device: str | torch.device) -> None:

@@ -60,6 +60,20 @@ def _conditioning(pipe: "Pipeline", s: Settings) -> tuple[dict, dict | None, flo
     return cond, uncond, s.guidance_scale if guided else 1.0
 
 
+def _traits(pipe: "Pipeline") -> ModelTraits:
+    """What `resolve` checks a request against: sizes, defaults, the sigma walk, the subject, the negative prompt."""
+    sampling = functools.partial(pipe.config.sampling, train_sigmas=pipe.denoiser.train_sigmas)
+    return ModelTraits(pipe.defaults, pipe.config.image_size, pipe.size_factor, pipe.conditioner.conditional,
+                       pipe.vae is not None, sampling, functools.partial(_subject, pipe), negative=not pipe.config.distilled_guidance)
+
+
+def _retarget(pipe: "Pipeline", device: torch.device | None) -> None:
+    """Make `device` where a pipeline loaded into CPU memory runs (its noise, conditioning and schedule)."""
+    if device is not None and device != pipe.device:
+        pipe.device = pipe.conditioner.device = device
+        pipe.denoiser.register_buffer("sigmas", pipe.denoiser.sigmas.to(device), persistent=False)
+
+
 def _signed(image: Image.Image, parameters: str) -> Image.Image:
     image.info["parameters"] = parameters
     return image
@@ -116,16 +130,19 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | Source | None = None, *, device: str | torch.device = "auto",
                         dtype: torch.dtype | None = None, vae: str | os.PathLike | None = None,
-                        prediction: str | None = None, text_encoders: list | None = None) -> "Pipeline":
+                        prediction: str | None = None, text_encoders: list | None = None, offload: bool = False) -> "Pipeline":
         """A noisecraft model, a Stable Diffusion single file (legacy ``.ckpt`` read as weights only) or diffusers folder;
         no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"): overrides the file's;
-        `text_encoders`: CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl)."""
+        `text_encoders`: CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl);
+        `offload`: load into CPU memory and run block by block on the GPU (`enable_sequential_offload`)."""
         device = pick_device(device)
         dtype = dtype or default_dtype(device)
         source = path if isinstance(path, Source) else identify(path)
-        c = load_components(source, device=device, dtype=dtype, vae=vae, prediction=prediction, text_encoders=text_encoders)
-        return cls(c.config, c.network, c.vae, c.text_encoder, device=device, dtype=dtype, source=source,
-                   family=c.family, subjects=c.subjects, t5=c.t5)
+        c = load_components(source, device=torch.device("cpu") if offload else device, dtype=dtype, vae=vae,
+                            prediction=prediction, text_encoders=text_encoders)
+        pipe = cls(c.config, c.network, c.vae, c.text_encoder, device=torch.device("cpu") if offload else device,
+                   dtype=dtype, source=source, family=c.family, subjects=c.subjects, t5=c.t5)
+        return pipe.enable_sequential_offload(device) or pipe if offload else pipe
 
     # -- what the model is ----------------------------------------------------------------------
     @property
@@ -164,10 +181,7 @@ class Pipeline:
 
     @property
     def traits(self) -> ModelTraits:
-        sampling = functools.partial(self.config.sampling, train_sigmas=self.denoiser.train_sigmas)
-        return ModelTraits(self.defaults, self.config.image_size, self.size_factor, self.conditioner.conditional,
-                           self.vae is not None, sampling, functools.partial(_subject, self),
-                           negative=not self.config.distilled_guidance)
+        return _traits(self)
 
     # -- adapters and memory --------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0) -> int:
@@ -194,12 +208,13 @@ class Pipeline:
             raise UserError("textual-inversion embeddings are for Stable Diffusion checkpoints; this model's text encoder takes none")
         return load_textual_inversion(self.text_encoder, path, token)
 
-    def enable_sequential_offload(self) -> None:
-        """Keep the weights in CPU memory and move each block to the GPU only while it runs (slower)."""
+    def enable_sequential_offload(self, device: torch.device | None = None) -> None:
+        """Keep the weights in CPU memory and move each block to the GPU (`device`: this one) only while it runs."""
+        _retarget(self, device)
         if self.device.type != "cpu":
             text = [m for m in (self.text_encoder, self.conditioner.t5) if isinstance(m, torch.nn.Module)]
-            blocks = self.unet.blocks() if self.unet is not None else [self.network]
-            sequential_offload([*blocks, *(self.vae.blocks() if self.vae else []), *text], self.device)
+            sequential_offload([*self.network.blocks(), *(self.vae.blocks() if self.vae else []), *text], self.device,
+                               roots=(self.network, *([self.vae] if self.vae else [])))
 
     def enable_vae_tiling(self, tiling: bool = True) -> None:
         """Decode in tiles (bounded memory for large pictures; automatic above 1024 px)."""

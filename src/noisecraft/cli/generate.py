@@ -98,12 +98,11 @@ def cmd_generate(args) -> int:
         raise UserError("--outpaint extends a picture; give it with --init-image")
     if sides and mask is not None:
         raise UserError("--outpaint makes its own mask; leave out --mask")
+    _say_fit(args)
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
-                                    prediction=args.prediction, text_encoders=args.text_encoders)
+                                    prediction=args.prediction, text_encoders=args.text_encoders, offload=args.offload)
     if args.vae_tiling:
         pipe.enable_vae_tiling()
-    if args.offload:
-        pipe.enable_sequential_offload()
     strength = args.strength
     if sides:
         init, mask = outpaint_canvas(init, sides, pipe.size_factor)
@@ -173,3 +172,17 @@ def cmd_upscale(args) -> int:
     print(path)
     print(f"{how}", file=sys.stderr)
     return 0
+
+
+def _say_fit(args) -> None:
+    """Before a Stable Diffusion / SD3 / FLUX model loads: its size in memory and whether it fits (stderr)."""
+    from ..checkpoints import identify
+    from ..checkpoints.memory import fit_report, model_files
+    from ..devices import DTYPES, default_dtype, pick_device
+
+    source = identify(args.model)
+    if source.kind != "noisecraft":
+        device = pick_device(args.device)
+        extra = [*(args.text_encoders or []), *([args.vae] if args.vae else [])]
+        files = model_files(source.path if source.kind == "diffusers" else source.file, extra)
+        print(fit_report(source.name, files, device, DTYPES.get(args.dtype) or default_dtype(device), args.offload), file=sys.stderr)

@@ -189,6 +189,10 @@ class Flux(nn.Module):
         self.final_layer.linear = nn.Linear(c.hidden, c.out_channels, **dd)
         self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden, **dd))
 
+    def blocks(self) -> list[nn.Module]:
+        """The parts that run one after another (what sequential offloading moves to the GPU in turn)."""
+        return [*self.double_blocks, *self.single_blocks]
+
     def forward(self, x, t, context, y, guidance=None, img_ids=None, txt_ids=None) -> torch.Tensor:
         if x.ndim == 4:
             height, width = x.shape[2:]

@@ -184,6 +184,10 @@ class MMDiT(nn.Module):
         self.final_layer.linear = nn.Linear(c.hidden, c.patch_size**2 * c.out_channels, **dd)
         self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, 2 * c.hidden, **dd))
 
+    def blocks(self) -> list[nn.Module]:
+        """The parts that run one after another (what sequential offloading moves to the GPU in turn)."""
+        return list(self.joint_blocks)
+
     def positions(self, h: int, w: int) -> torch.Tensor:
         """The centre h x w patches of the position table."""
         size = self.config.pos_embed_max_size

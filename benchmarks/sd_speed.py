@@ -3,9 +3,14 @@
     python benchmarks/sd_speed.py --device cpu                 # UNet forward + 20-step txt2img, small SD-structured model
     python benchmarks/sd_speed.py --device cuda --size sd15    # SD1.5-size UNet, 64x64 latents, batch 2, bf16
     python benchmarks/sd_speed.py --device cuda --size sdxl    # SDXL-size UNet, 128x128 latents, batch 2, bf16
+    python benchmarks/sd_speed.py --device cuda --size sd35m   # SD3.5 Medium MMDiT-X (2.2B), 1024 px (4096 tokens), batch 2
+    python benchmarks/sd_speed.py --device cuda --size flux    # FLUX.1 dev (11.9B), 1024 px, batch 1 (no CFG)
+    python benchmarks/sd_speed.py --device cpu --size flux-tiny --no-txt2img   # the same code path, reduced, on a CPU
 
 Rows: diffusers eager, noisecraft eager, and on CUDA also both with ``torch.compile`` and
-noisecraft's CUDA-graph sampling loop. Times are medians over repeated calls after warm-up;
+noisecraft's CUDA-graph sampling loop. For the transformers (SD3.5, FLUX) a row also gives 28 steps' worth of
+forwards (28 x the median; FLUX.1 dev's default, the issue's anchor: 6.57 s eager, 4.21 s compiled for the whole
+1024 px pipeline on an H100 with diffusers). Times are medians over repeated calls after warm-up;
 the ratio column is noisecraft / diffusers for the same setting (below 1.0: noisecraft is faster).
 Writes the table to stdout and JSON to --json.
 """
@@ -36,6 +41,65 @@ SIZES = {
                            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
                            projection_class_embeddings_input_dim=2816), latent=128, batch=2),
 }
+
+
+# The flow transformers, in diffusers' config names: (class, config, latent side, batch).
+TRANSFORMERS = {
+    "sd35m": ("SD3Transformer2DModel", dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                                            num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                                            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                                            qk_norm="rms_norm", dual_attention_layers=tuple(range(13))), 128, 2),
+    "flux": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                                            guidance_embeds=True, axes_dims_rope=(16, 56, 56)), 128, 1),
+    "flux-tiny": ("FluxTransformer2DModel", dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32,
+                                                 num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
+                                                 guidance_embeds=True, axes_dims_rope=(4, 14, 14)), 16, 1),
+}
+
+
+def transformer_rows(size: str, device, dtype, compile_: bool) -> list[dict]:
+    """One transformer forward at 1024 px (128x128 latents), diffusers vs noisecraft on the same random weights."""
+    import diffusers
+
+    from noisecraft.checkpoints import build_module, transformer_keys
+    from noisecraft.checkpoints.transformer_config import flux_config_of, mmdit_config_of
+    from noisecraft.models.flux import Flux, pack
+    from noisecraft.models.mmdit import MMDiT
+
+    name, config, side, b = TRANSFORMERS[size]
+    flux = name.startswith("Flux")
+    torch.manual_seed(0)
+    with torch.device(device):
+        ref = getattr(diffusers, name)(**config).to(dtype).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(b, 16, side, side, generator=g).to(device, dtype)
+    context = torch.randn(b, 512 if flux else 333, config["joint_attention_dim"], generator=g).to(device, dtype)
+    pooled = torch.randn(b, config["pooled_projection_dim"], generator=g).to(device, dtype)
+    t = torch.full((b,), 500.0, device=device)
+    if flux:
+        state = transformer_keys.flux_from_diffusers(ref.state_dict())
+        ours = build_module(Flux, flux_config_of(state), state, device, dtype)
+        img, ids = pack(latents)
+        guidance = torch.full((b,), 3.5, device=device)
+        theirs_kwargs = dict(hidden_states=img, encoder_hidden_states=context, pooled_projections=pooled, timestep=t / 1000,
+                             img_ids=ids, txt_ids=torch.zeros(context.shape[1], 3, device=device), guidance=guidance)
+        ours_args = (latents, t, context, pooled, guidance)
+    else:
+        state = transformer_keys.mmdit_from_diffusers(ref.state_dict(), config["num_layers"])
+        ours = build_module(MMDiT, mmdit_config_of(state), state, device, dtype)
+        theirs_kwargs = dict(hidden_states=latents, encoder_hidden_states=context, pooled_projections=pooled, timestep=t)
+        ours_args = (latents, t, context, pooled)
+    del state
+    rows = []
+    variants = [("eager", ref, ours)] + ([("compiled", torch.compile(ref), torch.compile(ours))] if compile_ else [])
+    with torch.no_grad():
+        for label, theirs_net, ours_net in variants:
+            a, o = paired_times(lambda: theirs_net(**theirs_kwargs), lambda: ours_net(*ours_args), device,
+                                warmup=2 if label == "eager" else 4, repeat=5 if device.type == "cpu" else 10)
+            rows.append(dict(what=f"{size} transformer {label} (x28 steps: {28 * a:.2f} s vs {28 * o:.2f} s)",
+                             diffusers_ms=a * 1e3, noisecraft_ms=o * 1e3, ratio=o / a))
+    return rows
 
 
 def paired_times(theirs, ours, device: torch.device, warmup: int = 2, repeat: int = 10) -> tuple[float, float]:
@@ -146,7 +210,7 @@ def txt2img_rows(tmp: Path, device, dtype, steps: int = 20) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default=None, choices=sorted(SIZES))
+    parser.add_argument("--size", default=None, choices=sorted(SIZES) + sorted(TRANSFORMERS))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-txt2img", action="store_true")
@@ -157,8 +221,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     size = args.size or ("sd15" if device.type == "cuda" else "small")
-    rows = unet_rows(size, device, dtype, compile_=device.type == "cuda" and not args.no_compile)
-    if not args.no_txt2img:
+    compile_ = device.type == "cuda" and not args.no_compile
+    rows = transformer_rows(size, device, dtype, compile_) if size in TRANSFORMERS else unet_rows(size, device, dtype, compile_)
+    if not args.no_txt2img and size not in TRANSFORMERS:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -89,3 +89,22 @@ def test_noised_is_diffusers_scale_noise_and_the_prediction_round_trips():
     assert torch.allclose(denoiser.from_prediction(x, s, None, v), x0, atol=1e-6)
     assert torch.allclose(denoiser.to_prediction(x, s, None, x0), v, atol=1e-5)
     assert denoiser.train_sigmas[-1] == 1.0 and abs(denoiser.sigma_min - 3 / 1000 / (1 + 2 / 1000)) < 1e-12
+
+
+def test_heun_over_a_flow_denoiser_is_diffusers_flow_heun():
+    """Heun's second-order steps (the last one Euler, as k-diffusion's) are diffusers' FlowMatchHeun on the same sigmas."""
+    from noisecraft.samplers import sample_heun
+
+    net = ToyVelocity()
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    scheduler = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(8)
+    x = start.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(net(x, t.expand(1)), t, x).prev_sample
+    denoiser = FlowDenoiser(net, shift=3.0)
+    sigmas = flow_sigmas(8, shift=3.0)
+    with torch.no_grad():
+        ours = sample_heun(denoiser, start.clone() * float(sigmas[0]), sigmas.float())
+    assert float((ours - x).abs().max() / x.abs().max()) < 1e-5

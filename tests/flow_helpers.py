@@ -115,3 +115,45 @@ def build_flux(tmp: Path, dev: bool = True, seed: int = 0):
     files = _write_parts(tmp, name, flux_from_diffusers(transformer.state_dict()), vae,
                          {"clip_l": hf_state(clip_l), "t5xxl": t5_state(t5)})
     return pipe, folder, files
+
+
+QWEN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # Qwen3's, for one user turn, thinking on
+
+
+def make_qwen(seed: int = 5):
+    """A random Qwen3 (2 layers, 48 wide) over Qwen's real 151,936-row embedding."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    model = Qwen3Model(Qwen3Config(vocab_size=151936, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                                   max_position_embeddings=40960, tie_word_embeddings=True))
+    return randomize(model, 0.05, seed)
+
+
+def build_zimage(tmp: Path, seed: int = 0):
+    """ZImagePipeline (Z-Image-Turbo's structure, reduced) and its files: a diffusers folder, the bare transformer in
+    the original names, ae.safetensors and a Qwen3 file as ComfyUI ships it (``model.*`` names)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from noisecraft.checkpoints.transformer_keys import zimage_from_diffusers
+    from noisecraft.text.qwen import bundled_tokenizer as qwen_tokenizer
+
+    qwen = make_qwen()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=qwen_tokenizer(), pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tokenizer.chat_template = QWEN_TEMPLATE
+    torch.manual_seed(seed)
+    transformer = diffusers.ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=2,
+                                                     n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=48,
+                                                     axes_dims=[8, 12, 12], axes_lens=[1024, 64, 64])
+    transformer = randomize(transformer, 0.1, seed + 1)
+    vae = make_flow_vae("flux")
+    pipe = diffusers.ZImagePipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, text_encoder=qwen,
+                                    tokenizer=tokenizer, transformer=transformer)
+    folder = tmp / "zimage-diffusers"
+    pipe.save_pretrained(folder)
+    files = {"transformer": save_safetensors(tmp / "z_image_turbo.safetensors", zimage_from_diffusers(transformer.state_dict())),
+             "ae": save_safetensors(tmp / "zimage-ae.safetensors", ldm_vae(vae)),
+             "qwen": save_safetensors(tmp / "qwen_3_4b.safetensors", prefixed("model.", qwen.state_dict()))}
+    return pipe, folder, files

@@ -198,12 +198,12 @@ def flow_sigmas(steps: int, *, shift: float | None = None, mu: float | None = No
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
 
 
-def flux_sigmas(steps: int, mu: float | None = None) -> torch.Tensor:
-    """The `steps + 1` descending sigmas (last 0) FLUX.1 is sampled at, float64: diffusers' FluxPipeline spaces
-    them ``linspace(1, 1/steps, steps)`` and shifts them with the resolution's `mu` (dev); schnell, trained
-    without the shift, takes them as they are (mu None)."""
+def flux_sigmas(steps: int, mu: float | None = None, shift: float = 1.0) -> torch.Tensor:
+    """The `steps + 1` descending sigmas (last 0) FLUX.1 and Z-Image are sampled at, float64: diffusers' FluxPipeline
+    and ZImagePipeline space them ``linspace(1, 1/steps, steps)``, then shift them with the resolution's `mu` (FLUX.1
+    dev) or a static `shift` (Z-Image: 3.0); FLUX.1 schnell, trained without a shift, takes them as they are."""
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
         raise UserError(f"steps must be a positive whole number, got {steps!r}.")
     grid = torch.from_numpy(np.linspace(1.0, 1 / int(steps), int(steps)))
-    sig = flow_time_shift(grid, mu) if mu is not None else grid
+    sig = flow_time_shift(grid, mu) if mu is not None else flow_shift(grid, shift)
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])

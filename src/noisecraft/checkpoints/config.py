@@ -13,10 +13,11 @@ from ..errors import ModelFileError, UserError
 from ..models.flux import FluxConfig
 from ..models.mmdit import MMDiTConfig
 from ..models.unet import UNetConfig
+from ..models.zimage import ZImageConfig
 from ..models.vae import VAEConfig
 from ..samplers import SamplerSpec
 
-TRANSFORMERS = {"mmdit": MMDiTConfig, "flux": FluxConfig}  # the flow-matching networks, by the name stored in files
+TRANSFORMERS = {"mmdit": MMDiTConfig, "flux": FluxConfig, "zimage": ZImageConfig}  # the flow-matching networks, by the name stored in files
 # Deterministic samplers whose steps are the flow's own on sigma in [0, 1] to first order (Euler is diffusers'
 # FlowMatchEuler exactly); the ancestral, SDE and VP-form samplers assume the variance-preserving path.
 FLOW_SAMPLERS = ("euler", "euler_karras", "euler_exponential", "heun", "heun_karras", "dpmpp_2m", "dpmpp_2m_karras",
@@ -45,7 +46,7 @@ class ModelConfig:
     image_size: int = 64
     name: str = "noisecraft"
     defaults: dict = field(default_factory=lambda: {"steps": 20, "guidance_scale": 5.0, "sampler": "dpmpp_2m_karras"})
-    transformer: MMDiTConfig | FluxConfig | None = None
+    transformer: MMDiTConfig | FluxConfig | ZImageConfig | None = None
     flow_shift: float = 1.0
     flow_dynamic: bool = False
 
@@ -54,7 +55,7 @@ class ModelConfig:
         return self.vae.downsample_factor if self.kind == "latent" else 1
 
     @property
-    def network(self) -> UNetConfig | MMDiTConfig | FluxConfig | None:
+    def network(self) -> UNetConfig | MMDiTConfig | FluxConfig | ZImageConfig | None:
         """The denoising network's config: the UNet's or the transformer's."""
         return self.unet or self.transformer
 
@@ -99,9 +100,10 @@ class ModelConfig:
         spec = dataclasses.replace(spec, init="sigma")
         if spec.spacing in ("karras", "exponential"):
             return spec, spec.sigmas(train_sigmas, steps)
-        if self.distilled_guidance:
+        if self.distilled_guidance or isinstance(self.transformer, ZImageConfig):
             tokens = (height // self.size_factor) * (width // self.size_factor)
-            return spec, schedules.flux_sigmas(steps, schedules.flow_mu(tokens) if self.flow_dynamic else None)
+            mu = schedules.flow_mu(tokens) if self.flow_dynamic else None
+            return spec, schedules.flux_sigmas(steps, mu, self.flow_shift)
         return spec, schedules.flow_sigmas(steps, shift=self.flow_shift, num_train_timesteps=self.num_train_timesteps)
 
     def alphas_cumprod(self) -> torch.Tensor:

@@ -20,15 +20,17 @@ import torch
 
 from ..errors import ModelFileError, UserError
 from ..models.flux import FluxConfig
+from ..models.zimage import ZImageConfig
 from .config import ModelConfig
 from .io import check_finite, read_tensors, split_prefix
 from .sd import SDCheckpoint, folder_weights, read_json, vae_from_diffusers_layout
 from .sd_config import FAMILY_DEFAULTS, vae_config_of
-from .transformer_config import flux_config_of, mmdit_config_of
-from .transformer_keys import flux_from_diffusers, mmdit_from_diffusers
+from .transformer_config import flux_config_of, mmdit_config_of, zimage_config_of
+from .transformer_keys import flux_from_diffusers, mmdit_from_diffusers, zimage_from_diffusers
 
 PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
 CLIP_L, CLIP_G, T5 = "text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer."
+QWEN = "text_encoders.qwen3_4b.transformer."  # Z-Image's Qwen3-4B
 T5_LENGTH = {"sd3": 256, "flux": 512}  # tokens, as diffusers' pipelines read prompts by default
 
 
@@ -36,6 +38,8 @@ def transformer_family(keys) -> str | None:
     """"sd3" or "flux" when `keys` (a file's tensor names) hold a flow transformer, bare or under
     model.diffusion_model., in the original names or diffusers'; None for anything else."""
     names = [k.removeprefix(PREFIX) for k in keys]
+    if any(n.startswith(("noise_refiner.", "context_refiner.")) for n in names):
+        return "zimage"
     if any(n.startswith(("double_blocks.", "single_transformer_blocks.")) for n in names):
         return "flux"
     if any(n.startswith(("joint_blocks.", "transformer_blocks.")) for n in names):
@@ -50,6 +54,9 @@ def original_layout(state: dict[str, torch.Tensor], family: str) -> dict[str, to
         return mmdit_from_diffusers(state, depth)
     if family == "flux" and "x_embedder.weight" in state:
         return flux_from_diffusers(state)
+    if family == "zimage":
+        state = {k: v for k, v in state.items() if not k.endswith("norm_final.weight")}  # a weight some files carry unused
+        return zimage_from_diffusers(state) if "all_x_embedder.2-1.weight" in state else state
     return state
 
 
@@ -57,7 +64,7 @@ def flow_config(family: str, net: dict[str, torch.Tensor], vae: dict | None, nam
                 metadata: dict | None = None, scheduler: dict | None = None, vae_json: dict | None = None) -> ModelConfig:
     """The ModelConfig of a flow model: the transformer's config from its weights, the sampling defaults of its kind."""
     try:
-        transformer = mmdit_config_of(net) if family == "sd3" else flux_config_of(net)
+        transformer = {"sd3": mmdit_config_of, "flux": flux_config_of, "zimage": zimage_config_of}[family](net)
     except (IndexError, ValueError) as error:
         raise ModelFileError(f"the {family.upper()} transformer's weights are not a complete model ({error})") from None
     vae_config = vae_config_of(vae, family) if vae else None
@@ -69,6 +76,9 @@ def flow_config(family: str, net: dict[str, torch.Tensor], vae: dict | None, nam
         dynamic = bool(scheduler.get("use_dynamic_shifting", transformer.guidance_embed))
         defaults = {"steps": 28, "guidance_scale": 3.5} if transformer.guidance_embed else {"steps": 4, "guidance_scale": 0.0}
         shift, text = float(scheduler.get("shift", 1.0)) if not dynamic else 1.0, "clip-flux"
+    elif isinstance(transformer, ZImageConfig):  # Turbo: 9 steps without guidance, as its card shows
+        dynamic, shift, text = False, float(scheduler.get("shift", 3.0)), "qwen3"
+        defaults = {"steps": 9, "guidance_scale": 1.0}
     else:
         dynamic, shift, text = False, float(scheduler.get("shift", 3.0)), "clip-sd3"
         defaults = ({"steps": 40, "guidance_scale": 4.5} if transformer.dual_attention_layers else
@@ -94,9 +104,12 @@ def text_files(paths) -> dict[str, torch.Tensor]:
         if any(".SelfAttention." in k for k in state):
             out |= {T5 + k: v for k, v in state.items()}
             continue
+        if any(k.endswith("self_attn.q_norm.weight") for k in state):
+            out |= {QWEN + k: v for k, v in state.items()}
+            continue
         width = next((v.shape[1] for k, v in state.items() if k.endswith("token_embedding.weight")), None)
         if width is None:
-            raise ModelFileError(f"{path} is neither a CLIP nor a T5 text encoder (no token embedding, no T5 blocks)")
+            raise ModelFileError(f"{path} is neither a CLIP, a T5 nor a Qwen3 text encoder (no token embedding, no T5 blocks)")
         clips.append((width, {k.removeprefix("transformer."): v for k, v in state.items()}))
     clips.sort(key=lambda c: c[0])
     if len(clips) > 2:
@@ -132,8 +145,9 @@ def load_flow_folder(folder: Path, name: str, meta: bool = False) -> SDCheckpoin
     vae_state, vae_file = folder_weights(folder / "vae", meta=meta)
     check_finite(vae_state, vae_file)
     vae = vae_from_diffusers_layout(vae_state)
-    t5 = (folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2")).is_dir()
-    text = {CLIP_L: (folder / "text_encoder").is_dir(), CLIP_G: family == "sd3" and (folder / "text_encoder_2").is_dir(), T5: t5}
+    t5 = family != "zimage" and (folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2")).is_dir()
+    first = QWEN if family == "zimage" else CLIP_L
+    text = {first: (folder / "text_encoder").is_dir(), CLIP_G: family == "sd3" and (folder / "text_encoder_2").is_dir(), T5: t5}
     config = flow_config(family, net, vae, name, t5=t5, scheduler=read_json(folder / "scheduler" / "scheduler_config.json"),
                          vae_json=read_json(folder / "vae" / "config.json"))
     return SDCheckpoint(config, {"transformer": net, "vae": vae}, file, family, folder=folder,
@@ -145,7 +159,10 @@ def describe_flow(ckpt: SDCheckpoint) -> dict[str, str]:
     c, net = ckpt.config.transformer, ckpt.parts["transformer"]
     count = sum(t.numel() for t in net.values())
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in net.values() if t.ndim >= 2})
-    if isinstance(c, FluxConfig):
+    if isinstance(c, ZImageConfig):
+        family, shape = "Z-Image", f"{c.refiner_depth} + {c.refiner_depth} refiner and {c.depth} single-stream blocks, width {c.hidden}"
+        sampling = f"flow matching, shift {ckpt.config.flow_shift:g}"
+    elif isinstance(c, FluxConfig):
         family = f"FLUX.1 {'dev (guidance distilled)' if c.guidance_embed else 'schnell (timestep distilled)'}"
         shape = f"{c.depth} double + {c.depth_single} single blocks, width {c.hidden}"
         sampling = "flow matching, resolution shift (mu 0.5 at 256 tokens .. 1.15 at 4096)" if ckpt.config.flow_dynamic else "flow matching, no shift"
@@ -153,11 +170,19 @@ def describe_flow(ckpt: SDCheckpoint) -> dict[str, str]:
         family = ("Stable Diffusion 3.5 Medium (MMDiT-X)" if c.dual_attention_layers else
                   "Stable Diffusion 3.5 Large" if c.qk_norm else "Stable Diffusion 3")
         shape, sampling = f"{c.depth} joint blocks, width {c.hidden}", f"flow matching, shift {ckpt.config.flow_shift:g}"
-    prefixes = {CLIP_L: "CLIP-L", CLIP_G: "CLIP-G", T5: "T5-XXL"}
+    prefixes = {CLIP_L: "CLIP-L", CLIP_G: "CLIP-G", T5: "T5-XXL", QWEN: "Qwen3"}
     text = [name for prefix, name in prefixes.items() if any(k.startswith(prefix) for k in ckpt.text_state)]
     size = f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
     return {"family": family, "transformer": f"{size} parameters ({', '.join(dtypes)}), {shape}", "prediction": sampling,
             "text": " + ".join(text) if text else "none in the file (give them with --text-encoders)"}
+
+
+def qwen_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Path | None]:
+    """Z-Image's Qwen3 tensors (transformers' names) and, in a folder, its tokenizer folder."""
+    if ckpt.folder is not None:
+        return folder_weights(ckpt.folder / "text_encoder", text=True)[0], ckpt.folder / "tokenizer"
+    state = {k.removeprefix(QWEN): v for k, v in ckpt.text_state.items() if k.startswith(QWEN)}
+    return state or None, None
 
 
 def t5_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Path | None]:
@@ -172,5 +197,5 @@ def t5_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Pat
     return state or None, None
 
 
-__all__ = ["T5_LENGTH", "flow_config", "load_flow_folder", "load_flow_single_file", "t5_state_of", "text_files",
+__all__ = ["T5_LENGTH", "flow_config", "load_flow_folder", "load_flow_single_file", "qwen_state_of", "t5_state_of", "text_files",
            "transformer_family"]

@@ -19,14 +19,18 @@ import torch
 
 from ..errors import ModelFileError, UserError
 from ..models.flux import Flux, FluxConfig
-from ..models.mmdit import MMDiT
+from ..models.mmdit import MMDiT, MMDiTConfig
+from ..models.zimage import ZImage, ZImageConfig
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
 from ..text.minilm import load_text_encoder
 from ..text.subjects import SubjectIndex
+from ..text.qwen import QwenTextEncoder
+from ..text.qwen import bundled_tokenizer as qwen_tokenizer
 from ..text.t5 import T5TextEncoder, bundled_tokenizer
 from .config import ModelConfig
-from .flow_files import CLIP_L, T5_LENGTH, describe_flow, load_flow_folder, load_flow_single_file, t5_state_of, text_files, transformer_family
+from .flow_files import (CLIP_L, QWEN, T5_LENGTH, describe_flow, load_flow_folder, load_flow_single_file, qwen_state_of,
+                         t5_state_of, text_files, transformer_family)
 from .io import header_tensors, model_hash, read_safetensors_header, read_tensors, sniff, weights_file
 from .noisecraft import is_noisecraft, read_model_file
 from .sd import (SDCheckpoint, component_file, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
@@ -66,10 +70,10 @@ class Components:
     """A model's networks, built and on their device."""
 
     config: ModelConfig
-    network: UNet | MMDiT | Flux
+    network: UNet | MMDiT | Flux | ZImage
     vae: AutoencoderKL | None
     text_encoder: object | None
-    family: str  # "noisecraft", "sd1", "sd2", "sdxl", "sd3" or "flux"
+    family: str  # "noisecraft", "sd1", "sd2", "sdxl", "sd3", "flux" or "zimage"
     subjects: SubjectIndex | None
     source: Source
     t5: T5TextEncoder | None = None  # SD3 (optional) and FLUX: the T5 encoder beside the CLIP ones
@@ -173,15 +177,23 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
 
 
 def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, device, dtype) -> Components:
-    """The networks of an SD3 / FLUX checkpoint: transformer, VAE, CLIP encoder(s) and T5 (optional for SD3)."""
-    flux = isinstance(config.transformer, FluxConfig)
+    """The networks of an SD3 / FLUX / Z-Image checkpoint: transformer, VAE and text encoders (T5 optional for SD3)."""
+    kind = {MMDiTConfig: "sd3", FluxConfig: "flux", ZImageConfig: "zimage"}[type(config.transformer)]
     if "vae" not in ckpt.parts:
         raise UserError(f"{source.file} holds no autoencoder; add one with --vae FILE (FLUX.1's ae.safetensors, SD3's vae)")
-    if ckpt.folder is None and not any(k.startswith(CLIP_L) for k in ckpt.text_state):
-        files = "clip_l.safetensors t5xxl_fp16.safetensors" if flux else "clip_l.safetensors clip_g.safetensors [t5xxl_fp16.safetensors]"
+    if ckpt.folder is None and not any(k.startswith(QWEN if kind == "zimage" else CLIP_L) for k in ckpt.text_state):
+        files = {"sd3": "clip_l.safetensors clip_g.safetensors [t5xxl_fp16.safetensors]", "flux": "clip_l.safetensors t5xxl_fp16.safetensors",
+                 "zimage": "qwen_3_4b.safetensors"}[kind]
         raise UserError(f"{source.file} holds no text encoders; give them with --text-encoders {files}")
-    net = build_module(Flux if flux else MMDiT, config.transformer, ckpt.parts.pop("transformer"), device, dtype)
+    net = build_module({"sd3": MMDiT, "flux": Flux, "zimage": ZImage}[kind], config.transformer, ckpt.parts.pop("transformer"), device, dtype)
     autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
+    if kind == "zimage":
+        state, tokenizer = qwen_state_of(ckpt)
+        qwen = QwenTextEncoder.from_state(state, qwen_tokenizer(tokenizer), device=device, dtype=dtype)
+        if qwen.dim != config.transformer.context_dim:
+            raise ModelFileError(f"{source.file}'s Qwen3 states are {qwen.dim} wide where the transformer reads "
+                                 f"{config.transformer.context_dim}; the text encoder is of another model")
+        return Components(config, net, autoencoder, qwen, ckpt.family, None, source)
     if ckpt.folder is not None:
         text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
     else:
@@ -189,7 +201,7 @@ def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, de
     t5_state, tokenizer_folder = t5_state_of(ckpt)
     t5 = None if t5_state is None else T5TextEncoder.from_state(t5_state, bundled_tokenizer(tokenizer_folder), T5_LENGTH[ckpt.family],
                                                                 device=device, dtype=dtype)
-    if flux and t5 is None:
+    if kind == "flux" and t5 is None:
         raise UserError(f"{source.file} has no T5 text encoder, which FLUX.1 reads; give one with --text-encoders t5xxl_fp16.safetensors")
     widths = {"T5": (t5.dim if t5 else config.transformer.context_dim, config.transformer.context_dim),
               "pooled": (text_encoder.pooled_dim, config.transformer.pooled_dim)}

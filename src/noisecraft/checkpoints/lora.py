@@ -121,10 +121,12 @@ def transformer_targets(net: nn.Module) -> dict[str, tuple[nn.Module, torch.Tens
     """Every linear layer of an SD3 / FLUX transformer under its underscored original name (the whole weight) and
     under each diffusers name it is split into (those rows of the weight, as the key map splits them)."""
     from ..models.flux import Flux
-    from .transformer_keys import flux_to_diffusers, mmdit_to_diffusers
+    from ..models.zimage import ZImage
+    from .transformer_keys import flux_to_diffusers, mmdit_to_diffusers, zimage_to_diffusers
 
     c = net.config
-    to_diffusers = (lambda s: flux_to_diffusers(s, c.hidden)) if isinstance(net, Flux) else (lambda s: mmdit_to_diffusers(s, c.depth))
+    to_diffusers = (lambda s: flux_to_diffusers(s, c.hidden)) if isinstance(net, Flux) else zimage_to_diffusers \
+        if isinstance(net, ZImage) else (lambda s: mmdit_to_diffusers(s, c.depth))
     targets = {}
     for name, module in net.named_modules():
         if isinstance(module, nn.Linear):

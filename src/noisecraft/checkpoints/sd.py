@@ -35,7 +35,7 @@ from .sd_config import family_of, model_config, prediction_of, unet_config_from_
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
-BARE_TRANSFORMER = ("double_blocks.0.", "joint_blocks.0.")  # FLUX / SD3 transformers without model.diffusion_model.
+BARE_TRANSFORMER = ("double_blocks.0.", "joint_blocks.0.", "noise_refiner.0.")  # FLUX / SD3 / Z-Image, without model.diffusion_model.
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 TEXT_WEIGHTS = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
 

@@ -30,6 +30,7 @@ FAMILY_DEFAULTS = {
     "sdxl": dict(image_size=1024, scaling_factor=0.13025),
     "sd3": dict(image_size=1024, scaling_factor=1.5305, shift_factor=0.0609),  # the 16-channel autoencoders
     "flux": dict(image_size=1024, scaling_factor=0.3611, shift_factor=0.1159),
+    "zimage": dict(image_size=1024, scaling_factor=0.3611, shift_factor=0.1159),  # FLUX.1's autoencoder
 }
 SD_DEFAULTS = {"steps": 20, "guidance_scale": 7.0, "sampler": "dpmpp_2m_karras"}
 

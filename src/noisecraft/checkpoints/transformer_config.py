@@ -16,6 +16,7 @@ import torch
 from ..errors import ModelFileError
 from ..models.flux import FluxConfig
 from ..models.mmdit import MMDiTConfig
+from ..models.zimage import ZImageConfig
 
 SD3_HEAD = 64
 FLUX_HEAD = 128
@@ -69,4 +70,20 @@ def flux_config_of(state: dict[str, torch.Tensor]) -> FluxConfig:
                       mlp_ratio=mlp / hidden, guidance_embed="guidance_in.in_layer.weight" in state)
 
 
-__all__ = ["flux_config_of", "mmdit_config_of"]
+def zimage_config_of(state: dict[str, torch.Tensor]) -> ZImageConfig:
+    """The ZImageConfig that fits a Z-Image transformer state dict in the original names."""
+    try:
+        hidden, patch_in = state["x_embedder.weight"].shape
+        head = state["layers.0.attention.q_norm.weight"].shape[0]
+        context_dim = state["cap_embedder.1.weight"].shape[1]
+    except KeyError as missing:
+        raise ModelFileError(f"the Z-Image transformer lacks {missing.args[0]}; the file is incomplete") from None
+    if head % 8:
+        raise ModelFileError(f"the Z-Image transformer's heads are {head} wide; noisecraft reads Z-Image files with heads of a multiple of 8")
+    # the RoPE widths per axis are not in the weights: Z-Image's are 32, 48, 48 of its 128-wide heads, in proportion here
+    return ZImageConfig(in_channels=patch_in // 4, hidden=hidden, heads=hidden // head, depth=len(_indices(state, r"layers\.(\d+)\.")),
+                        refiner_depth=len(_indices(state, r"noise_refiner\.(\d+)\.")), context_dim=context_dim,
+                        axes_dim=(head // 4, head * 3 // 8, head * 3 // 8))
+
+
+__all__ = ["flux_config_of", "mmdit_config_of", "zimage_config_of"]

@@ -173,3 +173,41 @@ def flux_from_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for key, chunks in parts.items():
         out[key] = torch.cat([chunks[k] for k in sorted(chunks)])
     return out
+
+
+# -- Z-Image (the original single-file names <-> diffusers' ZImageTransformer2DModel) ---------------------------
+_ZIMAGE_RENAMES = (("x_embedder.", "all_x_embedder.2-1."), ("final_layer.", "all_final_layer.2-1."),
+                   (".attention.out.", ".attention.to_out.0."), (".attention.q_norm.", ".attention.norm_q."),
+                   (".attention.k_norm.", ".attention.norm_k."))
+
+
+def zimage_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Z-Image's original names in diffusers' (the fused q/k/v split in three)."""
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith(".attention.qkv.weight"):
+            for name, part in zip(("to_q", "to_k", "to_v"), tensor.chunk(3, dim=0)):
+                out[key.replace(".attention.qkv.", f".attention.{name}.")] = part
+            continue
+        for ours, theirs in _ZIMAGE_RENAMES:
+            if key.startswith(ours) or ours.startswith(".") and ours in key:
+                key = key.replace(ours, theirs, 1)
+        out[key] = tensor
+    return out
+
+
+def zimage_from_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' ZImageTransformer2DModel names in the original ones (inverse of `zimage_to_diffusers`)."""
+    out, parts = {}, {}
+    for key, tensor in state.items():
+        stem, _, name = key.rpartition(".attention.")
+        if name in ("to_q.weight", "to_k.weight", "to_v.weight"):
+            parts.setdefault(f"{stem}.attention.qkv.weight", {})["qkv".index(name[3])] = tensor
+            continue
+        for ours, theirs in _ZIMAGE_RENAMES:
+            if key.startswith(theirs) or theirs.startswith(".") and theirs in key:
+                key = key.replace(theirs, ours, 1)
+        out[key] = tensor
+    for key, chunks in parts.items():
+        out[key] = torch.cat([chunks[k] for k in sorted(chunks)])
+    return out

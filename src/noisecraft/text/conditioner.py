@@ -67,6 +67,8 @@ class Conditioner:
             emb = TextEmbedding(emb.tokens.masked_fill(empty[:, None, None], 0.0), emb.pooled.masked_fill(empty[:, None], 0.0), emb.mask)
         if self.family == "sd3":
             return self._sd3(prompts, emb)
+        if self.family == "zimage":  # Qwen3's states of the real tokens (Z-Image 2025)
+            return {"context": emb.tokens.to(self.dtype), "context_mask": emb.mask}
         if self.family == "flux":  # T5's tokens, CLIP-L's pooled vector (Black Forest Labs 2024)
             return {"context": self.t5.encode(prompts).tokens.to(self.device, self.dtype), "y": emb.pooled.to(self.dtype)}
         cond = {"context": emb.tokens.to(self.dtype)}

@@ -1,4 +1,5 @@
-"""Issue 20's parity table in one run: SD3.5 and FLUX.1 (dev, schnell) against diffusers on the same random weights.
+"""Issue 20's parity table in one run: SD3.5, FLUX.1 (dev, schnell) and Z-Image against diffusers on the same random
+weights.
 
     python benchmarks/flow_parity.py            # about a minute on 2 CPU cores
 
@@ -55,6 +56,37 @@ def transformer_rel(pipe, family: str) -> float:
         return rel(ours(img, torch.tensor([800.0, 100.0]), context, pooled, guidance, ids), theirs)
 
 
+def zimage_rows(root: Path) -> list[tuple[str, float]]:
+    """Z-Image: the pipeline with CFG (diffusers' guidance g is CFG scale g + 1) from a folder and from the files apart."""
+    from flow_helpers import build_zimage
+
+    from noisecraft import Pipeline
+
+    from noisecraft.checkpoints import build_module, transformer_keys
+    from noisecraft.checkpoints.transformer_config import zimage_config_of
+    from noisecraft.models.zimage import ZImage
+
+    pipe, folder, files = build_zimage(root / "zimage")
+    state = transformer_keys.zimage_from_diffusers(pipe.transformer.state_dict())
+    net = build_module(ZImage, zimage_config_of(state), state, "cpu", torch.float32)
+    g = torch.Generator().manual_seed(4)
+    x, context = torch.randn(2, 16, 16, 12, generator=g), torch.randn(2, 40, 48, generator=g)
+    mask = torch.arange(40)[None] < torch.tensor([[37], [5]])  # prompts of 37 and 5 tokens in one batch
+    sigma = torch.tensor([0.8, 0.1])
+    with torch.no_grad():
+        theirs = pipe.transformer([x[i].unsqueeze(1) for i in range(2)], 1 - sigma, [context[i][mask[i]] for i in range(2)], return_dict=False)[0]
+        rows = [("transformer alone", rel(net(x, 1000 * sigma, context, mask), -torch.stack(theirs).squeeze(2)))]
+    with torch.no_grad():
+        expected = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(7),
+                        output_type="np", **SIZE).images[0]
+    for what, path, load in (("pipeline, diffusers folder", folder, {}),
+                             ("pipeline, parts apart (--vae, --text-encoders)", files["transformer"], dict(vae=files["ae"], text_encoders=[files["qwen"]]))):
+        ours = Pipeline.from_pretrained(path, device="cpu", **load)
+        image = ours(PROMPT, negative_prompt=NEGATIVE, steps=4, guidance_scale=3.0, seed=7, output_type="pt", **SIZE)[0]
+        rows.append((what, rel(image.permute(1, 2, 0).numpy(), expected)))
+    return rows
+
+
 def pictures(pipe, folder, files, family: str, root: Path) -> list[tuple[str, float]]:
     from safetensors.torch import save_file
     from test_flow_lora import diffusers_lora
@@ -108,6 +140,7 @@ def main() -> None:
             pipe, folder, files = build()
             table.append((label, "transformer alone", transformer_rel(pipe, family)))
             table += [(label, what, value) for what, value in pictures(pipe, folder, files, family, root)]
+        table += [("Z-Image (Turbo's structure)", what, value) for what, value in zimage_rows(root)]
     print("| model | what | rel |")
     print("|---|---|---:|")
     for label, what, value in table:

@@ -70,3 +70,37 @@ def test_the_pipeline_matches_diffusers_from_a_folder_and_from_the_files_apart(z
         image = ours(PROMPT, negative_prompt="blurry", steps=4, guidance_scale=guidance, seed=6, width=48, height=64, output_type="pt")
         got = image[0].permute(1, 2, 0).numpy()
         assert float(np.abs(got - expected).max() / np.abs(expected).max()) <= 1e-5, path
+
+
+def test_a_diffusers_lora_merges_exactly_and_matches_diffusers_and_info_names_the_family(zimage, tmp_path):
+    """The merged weights are exactly diffusers' base weights plus B @ A in our names; the picture follows diffusers'
+    within 2e-4: this strong random LoRA (it moves pixels by up to 0.7) makes the tiny model sensitive enough to
+    amplify the float32 rounding that keeps the plain model within 1e-6."""
+    pytest.importorskip("peft")
+    from safetensors.torch import save_file
+    from test_flow_lora import diffusers_lora
+
+    from noisecraft.checkpoints import describe, identify
+
+    pipe, folder, files = zimage
+    factors = diffusers_lora(pipe.transformer, ("attention.to_q", "attention.to_v", "attention.to_out.0", "feed_forward.w2"))
+    lora = tmp_path / "zimage-lora.safetensors"
+    save_file(factors, lora)
+    merged = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    for key, down in factors.items():
+        if key.endswith("lora_A.weight"):
+            name = key.removeprefix("transformer.").removesuffix(".lora_A.weight") + ".weight"
+            merged[name] = merged[name] + factors[key.replace("lora_A", "lora_B")] @ down
+    ours = Pipeline.from_pretrained(folder, device="cpu")
+    assert ours.load_lora(lora) == 4 * 4  # q, v, out and w2 of the 4 blocks (1 + 1 refiners, 2 layers)
+    expected_weights = transformer_keys.zimage_from_diffusers(merged)
+    assert all(torch.equal(v, expected_weights[k]) for k, v in ours.transformer.state_dict().items())
+    call = dict(num_inference_steps=3, guidance_scale=0.0, height=64, width=48, output_type="np")
+    with torch.no_grad():
+        pipe.load_lora_weights(str(lora))
+        expected = pipe(PROMPT, generator=torch.Generator().manual_seed(2), **call).images[0]
+        pipe.unload_lora_weights()
+    got = ours(PROMPT, steps=3, seed=2, width=48, height=64, output_type="pt")[0].permute(1, 2, 0).numpy()
+    assert float(np.abs(got - expected).max() / np.abs(expected).max()) <= 2e-4
+    lines = describe(identify(files["transformer"]))
+    assert lines["family"] == "Z-Image" and "float32" in lines["transformer"] and lines["prediction"] == "flow matching, shift 3"

@@ -37,9 +37,13 @@ def model_files(path: Path, extra: list | None = None) -> list[Path]:
     return files + [Path(f) for f in (extra or [])]
 
 
-def fit_report(name: str, files: list[Path], device: torch.device, dtype: torch.dtype, offload: bool) -> str:
-    """One sentence: the model's size in memory, the room on `device`, and what to do when it will not fit."""
+def fit_report(name: str, files: list[Path], device: torch.device, dtype: torch.dtype, offload: bool,
+               quiet_below: float = 0) -> str | None:
+    """One sentence: the model's size in memory, the room on `device`, and what to do when it will not fit
+    (None for a model under `quiet_below` bytes that fits: nothing worth saying)."""
     need, free = weight_bytes(files, dtype), free_bytes(device)
+    if need < quiet_below and (free is None or need <= free * 0.9):
+        return None
     said = f"{name}: {need / GB:.1f} GB of weights in {str(dtype).removeprefix('torch.')}"
     if free is None:
         return said

@@ -175,7 +175,8 @@ def cmd_upscale(args) -> int:
 
 
 def _say_fit(args) -> None:
-    """Before a Stable Diffusion / SD3 / FLUX model loads: its size in memory and whether it fits (stderr)."""
+    """Before a Stable Diffusion / SD3 / FLUX / Z-Image model of 1 GB or more loads (or one that will not fit): its
+    size in memory and whether it fits (stderr)."""
     from ..checkpoints import identify
     from ..checkpoints.memory import fit_report, model_files
     from ..devices import DTYPES, default_dtype, pick_device
@@ -185,4 +186,6 @@ def _say_fit(args) -> None:
         device = pick_device(args.device)
         extra = [*(args.text_encoders or []), *([args.vae] if args.vae else [])]
         files = model_files(source.path if source.kind == "diffusers" else source.file, extra)
-        print(fit_report(source.name, files, device, DTYPES.get(args.dtype) or default_dtype(device), args.offload), file=sys.stderr)
+        said = fit_report(source.name, files, device, DTYPES.get(args.dtype) or default_dtype(device), args.offload, quiet_below=1e9)
+        if said:
+            print(said, file=sys.stderr)

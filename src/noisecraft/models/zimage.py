@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JSONConfig
-from .flux import apply_rope, rope
+from .flux import apply_rope
 from .mmdit import RMSNorm, timestep_sinusoids
 
 PAD_TO = 32  # sequences are padded to multiples of this
@@ -136,7 +136,15 @@ class ZImage(nn.Module):
         return [*self.noise_refiner, *self.context_refiner, *self.layers]
 
     def _rotations(self, ids: torch.Tensor) -> torch.Tensor:
-        return rope(ids, self.config.axes_dim, self.config.theta)
+        """RoPE as Z-Image computes it: angles in float64, rounded to float32 before their cosines and sines (its
+        complex64 tables), in `flux.rope`'s [L, D/2, 2, 2] rotation form."""
+        parts = []
+        for axis, dim in enumerate(self.config.axes_dim):
+            omega = 1.0 / self.config.theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=ids.device) / dim)
+            angles = (ids[:, axis].to(torch.float64)[:, None] * omega[None]).float()
+            cos, sin = torch.cos(angles), torch.sin(angles)
+            parts.append(torch.stack([cos, -sin, sin, cos], dim=-1).reshape(*angles.shape, 2, 2))
+        return torch.cat(parts, dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
         c, dtype = self.config, self.x_embedder.weight.dtype

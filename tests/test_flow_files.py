@@ -109,7 +109,7 @@ def test_missing_and_mismatched_parts_are_asked_for_in_one_sentence(sd3, schnell
         Pipeline.from_pretrained(parts["transformer"], device="cpu", vae=parts["ae"])
     with pytest.raises(UserError, match="no T5 text encoder, which FLUX.1 reads"):
         Pipeline.from_pretrained(parts["transformer"], device="cpu", vae=parts["ae"], text_encoders=[parts["clip_l"]])
-    with pytest.raises(UserError, match="is neither a CLIP nor a T5"):
+    with pytest.raises(UserError, match="is neither a CLIP, a T5 nor a Qwen3"):
         Pipeline.from_pretrained(parts["transformer"], device="cpu", vae=parts["ae"], text_encoders=[parts["ae"]])
     with pytest.raises(UserError, match="for SD3 and FLUX files"):
         Pipeline.from_pretrained(None, device="cpu", text_encoders=[parts["clip_l"]])

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..errors import ModelFileError
+
+
+@functools.cache
+def _shipped_json(subfolder: str, name: str) -> str:
+    return gzip.decompress(resources.files(__package__).joinpath(subfolder, name).read_bytes()).decode("utf-8")
+
+
+def shipped_tokenizer(subfolder: str, name: str, folder: str | Path | None = None):
+    """A `tokenizers.Tokenizer`: a model folder's ``tokenizer.json`` when there is one, else the gzipped one
+    noisecraft ships in ``text/<subfolder>/<name>`` (T5's, Qwen's: single files carry none)."""
+    from tokenizers import Tokenizer
+
+    if folder is not None and (Path(folder) / "tokenizer.json").is_file():
+        try:
+            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+        except Exception as error:  # tokenizers raises its own Exception type for malformed files
+            raise ModelFileError(f"{folder}/tokenizer.json is not a tokenizer file ({str(error)[:120]}); copy the folder again") from None
+    return Tokenizer.from_str(_shipped_json(subfolder, name))
 
 
 def embedding(count: int, dim: int) -> nn.Embedding:

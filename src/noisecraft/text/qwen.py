@@ -11,37 +11,22 @@ tokens, padded on the right and read from the second-to-last layer; the mask mar
 
 from __future__ import annotations
 
-import functools
-import gzip
 import re
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .base import TextEmbedding
+from .base import TextEmbedding, shipped_tokenizer
 
 PAD = "<|endoftext|>"
 TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@functools.cache
-def _bundled_json() -> str:
-    return gzip.decompress(resources.files(__package__).joinpath("qwen_vocab", "qwen2_tokenizer.json.gz").read_bytes()).decode("utf-8")
-
-
 def bundled_tokenizer(folder: str | Path | None = None):
-    """Qwen's tokenizer (`tokenizers.Tokenizer`): a folder's ``tokenizer.json`` if given, else the shipped one."""
-    from tokenizers import Tokenizer
-
-    if folder is not None and (Path(folder) / "tokenizer.json").is_file():
-        try:
-            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-        except Exception as error:  # tokenizers raises its own Exception type for malformed files
-            raise ModelFileError(f"{folder}/tokenizer.json is not a tokenizer file ({str(error)[:120]}); copy the folder again") from None
-    return Tokenizer.from_str(_bundled_json())
+    """Qwen's tokenizer (`tokenizers.Tokenizer`): a folder's ``tokenizer.json`` if there is one, else the shipped one."""
+    return shipped_tokenizer("qwen_vocab", "qwen2_tokenizer.json.gz", folder)
 
 
 def qwen_config_from_state(state: dict[str, torch.Tensor]):

@@ -12,34 +12,19 @@ runs without an attention mask, as diffusers' SD3 and FLUX pipelines run it (the
 
 from __future__ import annotations
 
-import functools
-import gzip
 import re
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .base import TextEmbedding
-
-
-@functools.cache
-def _bundled_json() -> str:
-    return gzip.decompress(resources.files(__package__).joinpath("t5_vocab", "t5_tokenizer.json.gz").read_bytes()).decode("utf-8")
+from .base import TextEmbedding, shipped_tokenizer
 
 
 def bundled_tokenizer(folder: str | Path | None = None):
-    """T5 v1.1's tokenizer (`tokenizers.Tokenizer`): a folder's ``tokenizer.json`` if given, else the shipped one."""
-    from tokenizers import Tokenizer
-
-    if folder is not None:
-        try:
-            return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-        except Exception as error:  # tokenizers raises its own Exception type for malformed files
-            raise ModelFileError(f"{folder}/tokenizer.json is not a tokenizer file ({str(error)[:120]}); copy the folder again") from None
-    return Tokenizer.from_str(_bundled_json())
+    """T5 v1.1's tokenizer (`tokenizers.Tokenizer`): a folder's ``tokenizer.json`` if there is one, else the shipped one."""
+    return shipped_tokenizer("t5_vocab", "t5_tokenizer.json.gz", folder)
 
 
 def t5_config_from_state(state: dict[str, torch.Tensor]):

@@ -157,3 +157,16 @@ def test_full_size_flow_transformers_on_the_meta_device(name):
     print(f"{name}: {count:,} parameters")
     assert count == params == sum(p.numel() for p in ref.parameters())
     assert set(names) == set(ours.state_dict())
+
+
+def test_full_size_z_image_on_the_meta_device():
+    """Z-Image-Turbo (6.15B) at its real size on the meta device: diffusers' parameter count and names."""
+    from noisecraft.checkpoints import transformer_keys
+    from noisecraft.models.zimage import ZImage, ZImageConfig
+
+    with torch.device("meta"):
+        ours, ref = ZImage(ZImageConfig()), diffusers.ZImageTransformer2DModel()
+    count = sum(p.numel() for p in ours.parameters())
+    print(f"z-image: {count:,} parameters")
+    assert count == 6_154_908_736 == sum(p.numel() for p in ref.parameters())
+    assert set(transformer_keys.zimage_from_diffusers(ref.state_dict())) == set(ours.state_dict())

@@ -184,3 +184,15 @@ def test_offloading_on_a_cpu_changes_nothing(sd3):
     assert len(pipe.transformer.blocks()) == pipe.transformer.config.depth
     a, b = (p("a teapot", width=32, height=32, steps=2, seed=1)[0] for p in (pipe, again))
     assert a.tobytes() == b.tobytes()
+
+
+def test_text_encoders_can_stay_on_their_own_device(sd3):
+    """--text-device cpu: the text encoders load and run there and hand their states to the pipeline's device (here
+    the meta device stands for a GPU: the networks land on it, the encoders do not)."""
+    pipe = Pipeline.from_pretrained(sd3[2]["all-in-one"], device="meta", text_device="cpu")
+    assert next(pipe.transformer.parameters()).device.type == "meta"
+    assert pipe.text_encoder.device.type == "cpu" and pipe.conditioner.t5.device.type == "cpu"
+    cond = pipe.conditioner.encode(["a red teapot"])
+    assert cond["context"].device.type == "meta" and cond["y"].device.type == "meta"
+    with pytest.raises(UserError, match="--text-device are for SD3, FLUX and Z-Image files"):
+        Pipeline.from_pretrained(None, device="cpu", text_device="cpu")

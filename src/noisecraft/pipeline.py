@@ -36,6 +36,7 @@ from .models.flux import Flux
 from .models.mmdit import MMDiT
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
+from .models.zimage import ZImage
 from .samplers import to_vp
 from .settings import Limits, ModelTraits, Request, Settings
 from .text.conditioner import Conditioner
@@ -67,11 +68,18 @@ def _traits(pipe: "Pipeline") -> ModelTraits:
                        pipe.vae is not None, sampling, functools.partial(_subject, pipe), negative=not pipe.config.distilled_guidance)
 
 
-def _retarget(pipe: "Pipeline", device: torch.device | None) -> None:
-    """Make `device` where a pipeline loaded into CPU memory runs (its noise, conditioning and schedule)."""
+def _offload(pipe: "Pipeline", device: torch.device | None) -> None:
+    """Sequential offloading (`Pipeline.enable_sequential_offload`): `device` (if given) becomes where a pipeline loaded
+    into CPU memory runs; the network's blocks, the VAE's and the text encoders (unless they have a device of their own)
+    move there only while they run."""
     if device is not None and device != pipe.device:
         pipe.device = pipe.conditioner.device = device
         pipe.denoiser.register_buffer("sigmas", pipe.denoiser.sigmas.to(device), persistent=False)
+    if pipe.device.type != "cpu":
+        c = pipe.conditioner
+        text = [m for m in (c.encoder, c.t5) if isinstance(m, torch.nn.Module) and c.text_device is None]
+        vae = [pipe.vae] if pipe.vae is not None else []
+        sequential_offload([*pipe.network.blocks(), *(pipe.vae.blocks() if vae else []), *text], pipe.device, roots=(pipe.network, *vae))
 
 
 def _signed(image: Image.Image, parameters: str) -> Image.Image:
@@ -111,11 +119,11 @@ class BatchNoise:
 class Pipeline:
     """A loaded model ready to make pictures: ``Pipeline.from_pretrained(path)("a palm tree")``.
 
-    Loads noisecraft models, Stable Diffusion 1.x / 2.x / SDXL checkpoints and the flow-matching SD3 / SD3.5 and
-    FLUX.1; makes pictures from text, from a start image (img2img), inside a mask (inpainting) and, for the
+    Loads noisecraft models, Stable Diffusion 1.x / 2.x / SDXL checkpoints and the flow-matching SD3 / SD3.5, FLUX.1
+    and Z-Image; makes pictures from text, from a start image (img2img), inside a mask (inpainting) and, for the
     UNet families, in the shape of control pictures (ControlNet)."""
 
-    def __init__(self, config: ModelConfig, network: UNet | MMDiT | Flux, vae: AutoencoderKL | None, text_encoder, *,
+    def __init__(self, config: ModelConfig, network: UNet | MMDiT | Flux | ZImage, vae: AutoencoderKL | None, text_encoder, *,
                  device: torch.device, dtype: torch.dtype = torch.float32, source: Source | None = None,
                  family: str = "noisecraft", subjects: SubjectIndex | None = None, t5=None):
         self.config, self.network, self.vae, self.device, self.dtype, self.family = config, network, vae, device, dtype, family
@@ -130,18 +138,20 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | Source | None = None, *, device: str | torch.device = "auto",
                         dtype: torch.dtype | None = None, vae: str | os.PathLike | None = None,
-                        prediction: str | None = None, text_encoders: list | None = None, offload: bool = False) -> "Pipeline":
-        """A noisecraft model, a Stable Diffusion single file (legacy ``.ckpt`` read as weights only) or diffusers folder;
-        no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"): overrides the file's;
-        `text_encoders`: CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl);
-        `offload`: load into CPU memory and run block by block on the GPU (`enable_sequential_offload`)."""
-        device = pick_device(device)
-        dtype = dtype or default_dtype(device)
-        source = path if isinstance(path, Source) else identify(path)
-        c = load_components(source, device=torch.device("cpu") if offload else device, dtype=dtype, vae=vae,
-                            prediction=prediction, text_encoders=text_encoders)
-        pipe = cls(c.config, c.network, c.vae, c.text_encoder, device=torch.device("cpu") if offload else device,
-                   dtype=dtype, source=source, family=c.family, subjects=c.subjects, t5=c.t5)
+                        prediction: str | None = None, text_encoders: list | None = None, offload: bool = False,
+                        text_device: str | torch.device | None = None) -> "Pipeline":
+        """A noisecraft model, a Stable Diffusion / SD3 / FLUX / Z-Image single file or diffusers folder (legacy ``.ckpt``
+        read as weights only); no path: the built-in model. `vae`: a standalone autoencoder; `prediction` ("eps", "v"):
+        overrides the file's; `text_encoders`: CLIP / T5 / Qwen3 files for a file that has none; `offload`: load into CPU
+        memory, run block by block on the GPU; `text_device`: where the flow models' text encoders run ("cpu")."""
+        device, source = pick_device(device), path if isinstance(path, Source) else identify(path)
+        dtype, first = dtype or default_dtype(device), torch.device("cpu") if offload else device
+        text_device = torch.device(text_device) if text_device is not None else None
+        c = load_components(source, device=first, dtype=dtype, vae=vae, prediction=prediction, text_encoders=text_encoders,
+                            text_device=text_device)
+        pipe = cls(c.config, c.network, c.vae, c.text_encoder, device=first, dtype=dtype, source=source, family=c.family,
+                   subjects=c.subjects, t5=c.t5)
+        pipe.conditioner.text_device = text_device
         return pipe.enable_sequential_offload(device) or pipe if offload else pipe
 
     # -- what the model is ----------------------------------------------------------------------
@@ -154,7 +164,7 @@ class Pipeline:
         return self.network if isinstance(self.network, UNet) else None
 
     @property
-    def transformer(self) -> MMDiT | Flux | None:  # diffusers' name for SD3's and FLUX's networks
+    def transformer(self) -> MMDiT | Flux | ZImage | None:  # diffusers' name for the flow models' networks
         return None if isinstance(self.network, UNet) else self.network
 
     @property
@@ -210,11 +220,7 @@ class Pipeline:
 
     def enable_sequential_offload(self, device: torch.device | None = None) -> None:
         """Keep the weights in CPU memory and move each block to the GPU (`device`: this one) only while it runs."""
-        _retarget(self, device)
-        if self.device.type != "cpu":
-            text = [m for m in (self.text_encoder, self.conditioner.t5) if isinstance(m, torch.nn.Module)]
-            sequential_offload([*self.network.blocks(), *(self.vae.blocks() if self.vae else []), *text], self.device,
-                               roots=(self.network, *([self.vae] if self.vae else [])))
+        _offload(self, device)
 
     def enable_vae_tiling(self, tiling: bool = True) -> None:
         """Decode in tiles (bounded memory for large pictures; automatic above 1024 px)."""

@@ -137,15 +137,16 @@ def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None =
 
 
 def load_components(source: Source, *, device: torch.device, dtype: torch.dtype, vae: str | os.PathLike | None = None,
-                    prediction: str | None = None, text_encoders=()) -> Components:
+                    prediction: str | None = None, text_encoders=(), text_device: torch.device | None = None) -> Components:
     """Build a model's networks on `device`: the UNet in `dtype`, the VAE in float32 (SD's in `dtype` on
     CUDA), the text encoder. `vae` swaps in a standalone autoencoder and `prediction` ("eps" or "v")
-    overrides what a Stable Diffusion file implies."""
+    overrides what a Stable Diffusion file implies; `text_device`: where an SD3 / FLUX / Z-Image model's text encoders
+    run (the CPU, to leave the GPU to the transformer; their outputs move to `device`)."""
     if source.kind == "noisecraft":
         if vae is not None or prediction is not None:
             raise UserError("--vae and --prediction are for Stable Diffusion checkpoints; a noisecraft model carries its own")
-        if text_encoders:
-            raise UserError("--text-encoders is for SD3 and FLUX files; a noisecraft model carries its own text encoder")
+        if text_encoders or text_device is not None:
+            raise UserError("--text-encoders and --text-device are for SD3, FLUX and Z-Image files; a noisecraft model carries its own text encoder")
         config, parts = read_model_file(source.file, source.fmt, source.header)
         if config.kind == "vae" or config.unet is None:
             raise UserError(f"{source.file} is an autoencoder alone; generation needs a diffusion model (kind 'latent' or 'pixel')")
@@ -162,7 +163,7 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
         ckpt.parts["vae"] = load_vae_file(Path(vae))
         config = dataclasses.replace(config, vae=vae_config_of(ckpt.parts["vae"], ckpt.family))
     if config.transformer is not None:
-        return _flow_components(ckpt, config, source, device, dtype)
+        return _flow_components(ckpt, config, source, device, dtype, text_device or device)
     unet = build_module(UNet, config.unet, ckpt.parts.pop("unet"), device, dtype)
     # The VAE runs in the UNet's dtype on GPUs; `Pipeline.decode` falls back to float32 if fp16 overflows.
     autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
@@ -176,7 +177,7 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
     return Components(config, unet, autoencoder, text_encoder, ckpt.family, None, source)
 
 
-def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, device, dtype) -> Components:
+def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, device, dtype, text_device) -> Components:
     """The networks of an SD3 / FLUX / Z-Image checkpoint: transformer, VAE and text encoders (T5 optional for SD3)."""
     kind = {MMDiTConfig: "sd3", FluxConfig: "flux", ZImageConfig: "zimage"}[type(config.transformer)]
     if "vae" not in ckpt.parts:
@@ -189,18 +190,18 @@ def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, de
     autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
     if kind == "zimage":
         state, tokenizer = qwen_state_of(ckpt)
-        qwen = QwenTextEncoder.from_state(state, qwen_tokenizer(tokenizer), device=device, dtype=dtype)
+        qwen = QwenTextEncoder.from_state(state, qwen_tokenizer(tokenizer), device=text_device, dtype=dtype)
         if qwen.dim != config.transformer.context_dim:
             raise ModelFileError(f"{source.file}'s Qwen3 states are {qwen.dim} wide where the transformer reads "
                                  f"{config.transformer.context_dim}; the text encoder is of another model")
         return Components(config, net, autoencoder, qwen, ckpt.family, None, source)
     if ckpt.folder is not None:
-        text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=device, dtype=dtype)
+        text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=text_device, dtype=dtype)
     else:
-        text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=device, dtype=dtype)
+        text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=text_device, dtype=dtype)
     t5_state, tokenizer_folder = t5_state_of(ckpt)
     t5 = None if t5_state is None else T5TextEncoder.from_state(t5_state, bundled_tokenizer(tokenizer_folder), T5_LENGTH[ckpt.family],
-                                                                device=device, dtype=dtype)
+                                                                device=text_device, dtype=dtype)
     if kind == "flux" and t5 is None:
         raise UserError(f"{source.file} has no T5 text encoder, which FLUX.1 reads; give one with --text-encoders t5xxl_fp16.safetensors")
     widths = {"T5": (t5.dim if t5 else config.transformer.context_dim, config.transformer.context_dim),

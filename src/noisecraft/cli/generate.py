@@ -100,7 +100,8 @@ def cmd_generate(args) -> int:
         raise UserError("--outpaint makes its own mask; leave out --mask")
     _say_fit(args)
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
-                                    prediction=args.prediction, text_encoders=args.text_encoders, offload=args.offload)
+                                    prediction=args.prediction, text_encoders=args.text_encoders, offload=args.offload,
+                                    text_device=args.text_device)
     if args.vae_tiling:
         pipe.enable_vae_tiling()
     strength = args.strength

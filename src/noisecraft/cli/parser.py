@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", default=None, metavar="FILE", help="use this autoencoder instead of the checkpoint's")
     gen.add_argument("--text-encoders", nargs="+", default=None, metavar="FILE",
                      help="CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl)")
+    gen.add_argument("--text-device", default=None, metavar="DEVICE",
+                     help="run an SD3 / FLUX / Z-Image model's text encoders here (cpu: leaves the GPU to the transformer)")
     gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
     gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")

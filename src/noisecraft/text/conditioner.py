@@ -26,6 +26,7 @@ class Conditioner:
         self.encoder, self.family, self.adm_in_channels, self.image_size = encoder, family, adm_in_channels, image_size
         self.device, self.dtype, self.subjects = device, dtype, subjects
         self.context_dim, self.t5, self.t5_length = context_dim, t5, t5_length  # SD3: the joint width, its T5
+        self.text_device = None  # where the text encoders run, when not on `device` (their outputs move to it)
 
     @property
     def conditional(self) -> bool:

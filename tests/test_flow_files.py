@@ -111,7 +111,7 @@ def test_missing_and_mismatched_parts_are_asked_for_in_one_sentence(sd3, schnell
         Pipeline.from_pretrained(parts["transformer"], device="cpu", vae=parts["ae"], text_encoders=[parts["clip_l"]])
     with pytest.raises(UserError, match="is neither a CLIP, a T5 nor a Qwen3"):
         Pipeline.from_pretrained(parts["transformer"], device="cpu", vae=parts["ae"], text_encoders=[parts["ae"]])
-    with pytest.raises(UserError, match="for SD3 and FLUX files"):
+    with pytest.raises(UserError, match="are for SD3, FLUX and Z-Image files"):
         Pipeline.from_pretrained(None, device="cpu", text_encoders=[parts["clip_l"]])
     pipe = Pipeline.from_pretrained(sd3[2]["all-in-one"], device="cpu")
     with pytest.raises(UserError, match="Euler a sampler is not made for flow-matching"):

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 diffusers = pytest.importorskip("diffusers")
 
 from flow_helpers import build_flux, build_sd3  # noqa: E402
 
-from noisecraft import Pipeline  # noqa: E402
+from noisecraft import Pipeline, Request  # noqa: E402
 
 TOLERANCE = 1e-5  # relative to the largest pixel value, float32 on the CPU
 PROMPT, NEGATIVE = "a product shot of a red teapot, soft light", "blurry, low quality"
@@ -64,3 +65,22 @@ def test_flux_matches_diffusers_from_a_folder_an_all_in_one_file_and_parts(flux)
         image, loaded = ours(path, steps=steps, guidance_scale=guidance, seed=5, **load)
         assert loaded.family == "flux" and loaded.config.flow_dynamic == dev
         assert rel(image, expected) <= TOLERANCE, (name, rel(image, expected))
+
+
+def test_img2img_matches_diffusers_sd3_and_flux_img2img(sd3, flux):
+    """img2img starts on the flow's straight path at the cut diffusers' SD3 / FLUX img2img pipelines make
+    (int(steps - steps * strength) steps skipped; 0.55 of 5 steps runs 3, where the UNet families run 2)."""
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    dev, flux_pipe, flux_folder, _ = flux
+    cases = [(diffusers.StableDiffusion3Img2ImgPipeline(**sd3[0].components), sd3[1], dict(guidance_scale=4.0), dict(sampler="euler")),
+             (diffusers.FluxImg2ImgPipeline(**flux_pipe.components), flux_folder, dict(guidance_scale=3.5 if dev else 0.0), {})]
+    for theirs, folder, guidance, extra in cases:
+        with torch.no_grad():
+            expected = theirs(PROMPT, image=init, strength=0.55, num_inference_steps=5, height=HEIGHT, width=WIDTH,
+                              generator=torch.Generator().manual_seed(3), output_type="np", **guidance).images[0]
+        pipe = Pipeline.from_pretrained(folder, device="cpu")
+        settings = pipe.resolve(Request(PROMPT, steps=5, strength=0.55, seed=3, **guidance, **extra), init_image=init)
+        assert len(settings.sigmas) - 1 == 3
+        image = pipe(settings, init_image=init, output_type="pt")[0].permute(1, 2, 0).numpy()
+        assert rel(image, expected) <= TOLERANCE, (folder.name, rel(image, expected))

@@ -110,7 +110,7 @@ class ModelTraits:
     size_factor: int  # width and height must be multiples of this
     conditional: bool  # reads a prompt (has a text encoder)
     latent: bool  # has an autoencoder, so it can start from a picture
-    sampling: Callable  # (spec, steps, width, height) -> (spec as it runs, float64 sigmas): `ModelConfig.sampling`
+    sampling: Callable  # (spec, steps, width, height, strength) -> (spec as it runs, float64 sigmas): `ModelConfig.sampling`
     subject: Callable[[str, str | None], str | None]  # (prompt, Request.subject) -> Settings.subject
     negative: bool = True  # reads a negative prompt (FLUX.1, distilled from guided outputs, does not)
 
@@ -179,9 +179,7 @@ def resolve(request: Request, model: ModelTraits, limits: Limits | None = None,
     seed = random.randrange(2**32) if r.seed is None or r.seed == -1 else r.seed
     if not _whole(seed) or not 0 <= seed < 2**63:
         raise UserError(f"seed must be a whole number from 0 (or -1 for random), not {seed!r}", field="seed")
-    spec, sigmas = model.sampling(spec, steps, width, height)
-    if init_size is not None:  # img2img: the last floor(steps * strength) steps of the schedule (diffusers' rule), at least one
-        sigmas = sigmas[steps - max(1, int(steps * strength)):]
+    spec, sigmas = model.sampling(spec, steps, width, height, strength if init_size is not None else None)
     negative = (r.negative_prompt or "") if model.negative else ""
     return Settings(r.prompt, negative, steps, float(guidance), float(r.guidance_rescale), spec, width, height,
                     seed, r.num_images, r.batch_size, strength, model.subject(r.prompt, r.subject), sigmas)

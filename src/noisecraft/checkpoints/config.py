@@ -87,11 +87,21 @@ class ModelConfig:
             return FlowDenoiser(net, self.num_train_timesteps, 1.0 if self.flow_dynamic else self.flow_shift)
         return Denoiser(net, self.alphas_cumprod(), prediction=self.prediction)
 
-    def sampling(self, spec: SamplerSpec, steps: int, width: int, height: int, train_sigmas: torch.Tensor):
-        """(spec, sigmas): the sampler as it runs on this model and the float64 sigmas it walks for `steps` steps.
+    def sampling(self, spec: SamplerSpec, steps: int, width: int, height: int, strength: float | None = None,
+                 train_sigmas: torch.Tensor | None = None):
+        """(spec, sigmas): the sampler as it runs on this model and the float64 sigmas it walks for `steps` steps; with a
+        start picture (img2img at `strength`) only the last part, as diffusers' pipelines of the family cut it.
 
         Flow models start from pure noise at sigma 1 and take their own spacing (SD3's shifted grid, FLUX's
         resolution shift); a Karras or exponential schedule spans their training sigmas instead."""
+        spec, sigmas = self._walk(spec, steps, width, height, train_sigmas)
+        if strength is None:
+            return spec, sigmas
+        if self.prediction == "flow":  # SD3 / FLUX img2img: skip int(steps - steps * strength) steps
+            return spec, sigmas[min(steps - 1, int(max(steps - steps * strength, 0))):]
+        return spec, sigmas[steps - max(1, int(steps * strength)):]  # the last floor(steps * strength), at least one
+
+    def _walk(self, spec: SamplerSpec, steps: int, width: int, height: int, train_sigmas: torch.Tensor):
         if self.prediction != "flow":
             return spec, spec.sigmas(train_sigmas, steps)
         if spec.name not in FLOW_SAMPLERS:

@@ -123,7 +123,7 @@ def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None =
     if flow and prediction:
         raise UserError("--prediction is for UNet models; SD3 and FLUX predict the flow's velocity")
     if not flow and text_encoders:
-        raise UserError("--text-encoders is for SD3 and FLUX files; this model carries its own text encoders")
+        raise UserError("--text-encoders is for SD3, FLUX and Z-Image files; this model carries its own text encoders")
     if source.kind == "diffusers":
         return load_flow_folder(source.path, source.name, meta) if flow else load_diffusers_folder(source.path, source.name, prediction=prediction)
     if not flow:

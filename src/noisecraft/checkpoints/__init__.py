@@ -7,6 +7,9 @@
     sd_config.py   what a Stable Diffusion checkpoint's weights say (family, sizes, prediction)
     sd.py          Stable Diffusion single files, diffusers folders, standalone VAEs, CLIP weights
     keymaps.py     the one table of name rules between original, diffusers and OpenCLIP layouts
+    flow_files.py  SD3 / SD3.5, FLUX.1 and Z-Image files (single files, parts apart, diffusers folders)
+    transformer_keys.py, transformer_config.py   their key maps (original <-> diffusers) and configs from weights
+    stored.py      fp8 and GGUF weights kept stored, dequantised per layer; memory.py: what a model needs in memory
     lora.py        LoRA files merged into the networks; embeddings.py textual-inversion files
     load.py        identify / load_components / describe: path -> Source -> networks, one way for all
 

@@ -156,3 +156,34 @@ def test_the_page_asks_for_the_api_key(browser, tmp_path):
         assert decoded_png(page.get_attribute(".card img", "src")).size == (16, 16)
         assert KEY not in page.content()
         page.close()
+
+
+def test_the_page_draws_with_an_sd35_model(browser, tmp_path_factory):
+    """The page needs nothing new for a flow model: an SD 3.5 file (reduced, random weights, a 32 px native size
+    declared in its model spec) draws from the same form, with the model's own sampler and steps."""
+    from flow_helpers import build_sd3
+    from safetensors.torch import load_file, save_file
+
+    from noisecraft import Pipeline
+
+    root = tmp_path_factory.mktemp("sd35-page")
+    _, _, files = build_sd3(root)
+    path = root / "sd3.5_medium.safetensors"
+    save_file(load_file(files["all-in-one"]), path, {"modelspec.resolution": "32x32"})
+    with running_server(make_pool({entry_for(path): Pipeline.from_pretrained(path, device="cpu")})) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url + "/")
+        page.wait_for_selector("#sampler_name option", state="attached")
+        page.fill("#prompt", "a latte on a marble counter")
+        page.eval_on_selector("#advanced", "details => { details.open = true; }")
+        page.fill("#steps", "3")
+        page.fill("#seed", "7")
+        page.click("#generate")
+        page.wait_for_selector(".card img", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')")
+        image = decoded_png(page.get_attribute(".card img", "src"))
+        params = parse_parameters(image.info["parameters"])
+        assert image.size == (32, 32) and params["Model"] == "sd3.5_medium" and params["Steps"] == "3" and params["Seed"] == "7"
+        assert not errors

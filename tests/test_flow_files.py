@@ -21,7 +21,7 @@ from flow_helpers import build_flux, build_sd3  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from sd_helpers import randomize  # noqa: E402
 
-from noisecraft import Pipeline  # noqa: E402
+from noisecraft import Pipeline, Request  # noqa: E402
 from noisecraft.checkpoints import build_module, transformer_keys  # noqa: E402
 from noisecraft.checkpoints.transformer_config import flux_config_of  # noqa: E402
 from noisecraft.errors import UserError  # noqa: E402
@@ -196,3 +196,22 @@ def test_text_encoders_can_stay_on_their_own_device(sd3):
     assert cond["context"].device.type == "meta" and cond["y"].device.type == "meta"
     with pytest.raises(UserError, match="--text-device are for SD3, FLUX and Z-Image files"):
         Pipeline.from_pretrained(None, device="cpu", text_device="cpu")
+
+
+def test_text_encoders_can_be_freed_after_encoding(sd3, tmp_path):
+    """free_text_encoders: the prompts encoded first draw exactly as before, the encoders are gone, another
+    prompt is refused in one sentence; the CLI's --free-text-encoders does the same for its one prompt."""
+    pipe = Pipeline.from_pretrained(sd3[2]["all-in-one"], device="cpu")
+    before = pipe("a red teapot", negative_prompt="blurry", width=32, height=32, steps=2, seed=3, num_images=3, batch_size=2)
+    pipe.free_text_encoders(Request("a red teapot", negative_prompt="blurry", width=32, height=32, steps=2, seed=3,
+                                    num_images=3, batch_size=2))
+    assert pipe.text_encoder is None and pipe.conditioner.t5 is None
+    after = pipe("a red teapot", negative_prompt="blurry", width=32, height=32, steps=2, seed=3, num_images=3, batch_size=2)
+    assert [a.tobytes() for a in after] == [b.tobytes() for b in before]
+    with pytest.raises(UserError, match="text encoders were freed after encoding"):
+        pipe("a blue teapot", width=32, height=32, steps=2)
+    shutil.copy(sd3[2]["all-in-one"], tmp_path / "sd35.safetensors")
+    made = run("generate", "a red teapot", "--model", "sd35.safetensors", "--size", "32", "--steps", "2", "--num-images", "2",
+               "--free-text-encoders", "--out", "out", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2

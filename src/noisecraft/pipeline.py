@@ -3,7 +3,7 @@
     Request --resolve--> Settings --__call__--> conditioning -> sampler loop over the denoiser
             (UNet + CFG) -> latents -> VAE decode -> images with their A1111 parameters text
 
-`resolve` (settings.py) is the only validation; the whole denoising loop is `Pipeline._generate`.
+`resolve` (settings.py) is the only validation; the whole denoising loop is `Pipeline._sample`.
 Noise is drawn from one CPU generator per image (seed, seed+1, ...), so image k of a batch is the
 image a single run with seed+k makes, and CPU and GPU runs start from the same noise.
 """
@@ -28,7 +28,7 @@ from .checkpoints.controlnet import load_controlnet
 from .control import controlled
 from .control import prepare as prepare_controls
 from .denoiser import CFGDenoiser, MaskedDenoiser
-from .devices import default_dtype, pick_device, sequential_offload
+from .devices import default_dtype, free_memory, pick_device, sequential_offload
 from .errors import UserError, out_of_memory
 from .images import mask_tensor, to_pil, to_tensor
 from .latents import LatentCodec, latent_mask
@@ -54,7 +54,7 @@ def _conditioning(pipe: "Pipeline", s: Settings) -> tuple[dict, dict | None, flo
     """The conditioning of `s`'s pictures, the negative prompt's under classifier-free guidance, and the CFG scale.
     FLUX.1 takes no CFG: dev reads the guidance scale as an input (a distilled guidance), schnell ignores it."""
     n, distilled = s.num_images, pipe.config.distilled_guidance
-    guided = s.guidance_scale != 1.0 and pipe.text_encoder is not None and not distilled
+    guided = s.guidance_scale != 1.0 and pipe.conditioner.conditional and not distilled
     cond, uncond = pipe.conditioner.pair(s.prompt, s.negative_prompt, s.subject, n, (s.width, s.height), guided)
     if distilled:
         cond["guidance"] = torch.full((n,), s.guidance_scale, device=pipe.device)
@@ -222,6 +222,15 @@ class Pipeline:
         """Keep the weights in CPU memory and move each block to the GPU (`device`: this one) only while it runs."""
         _offload(self, device)
 
+    def free_text_encoders(self, *requests: Request | Settings | str) -> None:
+        """Encode the prompts of `requests`, then free the text encoders' memory (T5-XXL, Qwen3: gigabytes); those
+        prompts still draw, any other is refused in one sentence."""
+        for s in (r if isinstance(r, Settings) else self.resolve(r) for r in requests):
+            for n in {min(s.batch_size, s.num_images), s.num_images % s.batch_size or s.batch_size}:
+                _conditioning(self, s.part(0, n))
+        self.conditioner.free()
+        free_memory(self.device)
+
     def enable_vae_tiling(self, tiling: bool = True) -> None:
         """Decode in tiles (bounded memory for large pictures; automatic above 1024 px)."""
         self.codec.tiling = tiling
@@ -257,19 +266,15 @@ class Pipeline:
         images = []
         for start in range(0, s.num_images, s.batch_size):
             part = s.part(start, min(s.batch_size, s.num_images - start))
-            with _memory_errors(part):
-                pixels = self._generate(part, callback, init, mask, prepared)
-            images += [pixels] if output_type == "pt" else [self._picture(p, part, seed, extra) for p, seed in zip(pixels, part.seeds)]
+            with _memory_errors(part), controlled(self.denoiser, self.network, prepared, len(part.sigmas) - 1, callback) as step:
+                pixels = self._sample(part, step, init, mask)
+            images += [pixels] if output_type == "pt" else [_signed(to_pil(p), self.parameters_text(part, seed, extra))
+                                                            for p, seed in zip(pixels, part.seeds)]
         return torch.cat(images) if output_type == "pt" else images
 
     @torch.no_grad()
-    def _generate(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None,
-                  controls: list | None = None) -> torch.Tensor:
-        """One batch: pictures [n, C, H, W] in [0, 1] for images s.seeds[0..n-1]."""
-        with controlled(self.denoiser, self.network, controls, len(s.sigmas) - 1, callback) as callback:
-            return self._sample(s, callback, init, mask)
-
     def _sample(self, s: Settings, callback, init: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """One batch: pictures [n, C, H, W] in [0, 1] for images s.seeds[0..n-1]."""
         spec, sigmas, n = s.sampler, s.sigmas, s.num_images
         cond, uncond, scale = _conditioning(self, s)
         f = self.config.downsample_factor
@@ -306,9 +311,6 @@ class Pipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (or pixels, for pixel models) to images in [0, 1] (`LatentCodec.decode`)."""
         return self.codec.decode(latents)
-
-    def _picture(self, pixels: torch.Tensor, s: Settings, seed: int, extra: dict | None = None) -> Image.Image:
-        return _signed(to_pil(pixels), self.parameters_text(s, seed, extra))
 
     def parameters_text(self, s: Settings, seed: int, extra: dict | None = None) -> str:
         """The A1111 parameters text of image `seed` of `s`, as this model writes it into its PNGs."""

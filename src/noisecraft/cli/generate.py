@@ -127,6 +127,8 @@ def cmd_generate(args) -> int:
     from ..gallery.pictures import add_picture, open_gallery
 
     library = open_gallery(args.gallery) if args.gallery else None
+    if args.free_text_encoders:
+        pipe.free_text_encoders(settings)
     images = pipe(settings, init_image=init, mask_image=mask, controls=controls)
     if kit is not None:
         images = [kit.finish(image, args.colour_strength) for image in images]

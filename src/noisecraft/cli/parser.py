@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CLIP / T5 files for an SD3 or FLUX file that has none (ComfyUI's clip_l, clip_g, t5xxl)")
     gen.add_argument("--text-device", default=None, metavar="DEVICE",
                      help="run an SD3 / FLUX / Z-Image model's text encoders here (cpu: leaves the GPU to the transformer)")
+    gen.add_argument("--free-text-encoders", action="store_true",
+                     help="encode the prompt, then free the text encoders' memory before sampling (T5-XXL, Qwen3: gigabytes)")
     gen.add_argument("--prediction", default=None, choices=["eps", "v"], help="override the model's prediction type (SD 2.x 768 models: v)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode in tiles (bounded memory for large pictures; automatic above 1024 px)")
     gen.add_argument("--offload", action="store_true", help="keep weights in CPU memory, moving each block to the GPU only while it runs")

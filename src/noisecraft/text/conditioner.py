@@ -27,11 +27,8 @@ class Conditioner:
         self.device, self.dtype, self.subjects = device, dtype, subjects
         self.context_dim, self.t5, self.t5_length = context_dim, t5, t5_length  # SD3: the joint width, its T5
         self.text_device = None  # where the text encoders run, when not on `device` (their outputs move to it)
-
-    @property
-    def conditional(self) -> bool:
-        """Whether the model reads a prompt at all."""
-        return self.encoder is not None
+        self.kept: dict[tuple, tuple[dict, dict | None]] = {}  # the last conditionings, for `free`
+        self.freed = False
 
     def subject(self, prompt: str, subject: str | None) -> str | None:
         """The words the UNet reads instead of the prompt's, or None where it reads the prompt's own.
@@ -97,8 +94,43 @@ class Conditioner:
 
     def pair(self, prompt: str, negative: str, subject: str | None, n: int, size: tuple[int, int],
              guided: bool) -> tuple[dict, dict | None]:
-        """Conditioning for n pictures of `prompt` and, when `guided`, the negative prompt's: one encoder batch."""
+        """Conditioning for n pictures of `prompt` and, when `guided`, the negative prompt's: one encoder batch.
+        Each result is kept (the last `KEEP`), so that after `free` the prompts drawn before still draw."""
+        key = (prompt, negative, subject, tuple(size), guided)
+        if self.freed:
+            if key not in self.kept:
+                raise UserError("the text encoders were freed after encoding this model's prompts; this prompt was not "
+                                "among them: load the model again to draw it", field="prompt")
+            cond, uncond = self.kept[key]
+            return _rows(cond, n), (_rows(uncond, n) if uncond is not None else None)
         negatives = [negative] * n if guided else []
         both = self.encode([prompt] * n + negatives, size, [subject or prompt] * n + negatives)
         cond = {k: v[:n] for k, v in both.items()}
-        return cond, ({k: v[n:] for k, v in both.items()} if guided else None)
+        result = cond, ({k: v[n:] for k, v in both.items()} if guided else None)
+        self.kept.pop(key, None)
+        self.kept[key] = tuple(None if c is None else _first_row(c) for c in result)  # one row: all are one prompt's
+        while len(self.kept) > KEEP:
+            self.kept.pop(next(iter(self.kept)))
+        return result
+
+    def free(self) -> None:
+        """Drop the text encoders (their memory goes back); the prompts encoded before keep their conditioning."""
+        self.encoder = self.t5 = None
+        self.freed = True
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model reads a prompt at all (freed text encoders still count: their prompts draw)."""
+        return self.encoder is not None or self.freed
+
+
+KEEP = 8  # conditionings kept for `Conditioner.free`
+
+
+def _first_row(cond: dict) -> dict:
+    return {k: v[:1].clone() if torch.is_tensor(v) else v for k, v in cond.items()}
+
+
+def _rows(cond: dict, n: int) -> dict:
+    """A kept conditioning for n pictures: its first row (all rows are one prompt's) repeated."""
+    return {k: v[:1].expand(n, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in cond.items()}

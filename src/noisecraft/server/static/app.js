@@ -150,7 +150,7 @@ $("auth-form").addEventListener("submit", (event) => {
   sessionStorage.setItem("noisecraft-key", state.key);
   $("api-key").value = "";
   pictures.clear();
-  load();
+  reload();
 });
 
 function fillSelect(select, values, selected, labels = values) {
@@ -173,6 +173,13 @@ function sizeChoices(info) {
 }
 
 const modelName = (title) => title.replace(/\s+\[[0-9a-f]+\]$/i, "");  // the gallery stores names, /info titles
+
+// what the page knows of the server (sizes, samplers, whether it keeps a gallery), as a promise that actions wait for:
+// Ctrl+Enter pressed while the page is still loading imagines a grid once it knows the studio is there
+function reload() {
+  state.ready = load();
+  return state.ready;
+}
 
 async function load() {
   const response = await api("/info");
@@ -424,6 +431,7 @@ function seedsText(items) {
 
 async function imagine(text = null, negative = null) {
   if (state.busy) return;
+  await state.ready?.catch(() => {});  // a failed load has said why already
   if (!state.gallery) return generate();  // no gallery, no studio: one-off pictures with the Advanced settings
   clearInvalid();
   const prompt = (text ?? $("prompt").value).trim();
@@ -1178,7 +1186,7 @@ $("model").addEventListener("change", async () => {
   setStatus(`Loading ${select.value}…`);
   clearInvalid();
   const response = await api("/sdapi/v1/options", { method: "POST", body: { sd_model_checkpoint: select.value } });
-  if (response.ok) await load();
+  if (response.ok) await reload();
   else setStatus((await errorText(response)).message, true);
   select.disabled = false;
 });
@@ -1186,4 +1194,4 @@ $("model").addEventListener("change", async () => {
 renderRatios();
 setupRegion();
 setupHistory();
-load();
+reload();

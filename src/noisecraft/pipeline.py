@@ -223,8 +223,8 @@ class Pipeline:
         _offload(self, device)
 
     def free_text_encoders(self, *requests: Request | Settings | str) -> None:
-        """Encode the prompts of `requests`, then free the text encoders' memory (T5-XXL, Qwen3: gigabytes); those
-        prompts still draw, any other is refused in one sentence."""
+        """Encode `requests`' prompts, then free the text encoders (gigabytes); those still draw, others: one sentence."""
+        self.conditioner.keep()
         for s in (r if isinstance(r, Settings) else self.resolve(r) for r in requests):
             for n in {min(s.batch_size, s.num_images), s.num_images % s.batch_size or s.batch_size}:
                 _conditioning(self, s.part(0, n))

@@ -1,4 +1,4 @@
-"""SD3 / SD3.5 and FLUX.1 files as people have them, read into an `SDCheckpoint` like the UNet families'.
+"""SD3 / SD3.5, FLUX.1 and Z-Image files as people have them, read into an `SDCheckpoint` like the UNet families'.
 
     Stability's single files   model.diffusion_model.joint_blocks.* + first_stage_model.* (+ text_encoders.*)
     Black Forest Labs' files   bare double_blocks.* / single_blocks.* (the transformer alone; ae.safetensors apart)
@@ -6,14 +6,14 @@
     diffusers folders          transformer/ vae/ text_encoder[_2,_3]/ tokenizer[_2,_3]/ scheduler/ (shards by index)
 
 Transformer files in diffusers' names load too (`transformer_keys` renames them). The family is read from the
-weights: joint blocks are SD3's MMDiT, double blocks FLUX's. Text encoders given apart (``--text-encoders``:
-ComfyUI's clip_l / clip_g / t5xxl files) are told apart by their tensors: T5 by its blocks, the CLIPs by width
-(the narrower is CLIP-L), and take the single-file names, so one path reads them all.
+weights: joint blocks are SD3's MMDiT, double blocks FLUX's, refiner blocks Z-Image's. Text encoders given apart
+(``--text-encoders``: ComfyUI's clip_l / clip_g / t5xxl / qwen_3_4b files) are told apart by their tensors: T5 by its
+blocks, Qwen3 by its q-norm, the CLIPs by width (the narrower is CLIP-L), and take the single-file names, so one
+path reads them all.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from ..models.zimage import ZImageConfig
 from .config import ModelConfig
 from .io import check_finite, read_tensors, split_prefix
 from .sd import SDCheckpoint, folder_weights, read_json, vae_from_diffusers_layout
-from .sd_config import FAMILY_DEFAULTS, vae_config_of
+from .sd_config import FAMILY_DEFAULTS, declared_size, vae_config_of
 from .transformer_config import flux_config_of, mmdit_config_of, zimage_config_of
 from .transformer_keys import flux_from_diffusers, mmdit_from_diffusers, zimage_from_diffusers
 
@@ -32,10 +32,11 @@ PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
 CLIP_L, CLIP_G, T5 = "text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.", "text_encoders.t5xxl.transformer."
 QWEN = "text_encoders.qwen3_4b.transformer."  # Z-Image's Qwen3-4B
 T5_LENGTH = {"sd3": 256, "flux": 512}  # tokens, as diffusers' pipelines read prompts by default
+TEXT_FOLDERS = {("sd3", T5): "text_encoder_3", ("flux", T5): "text_encoder_2", ("zimage", QWEN): "text_encoder"}
 
 
 def transformer_family(keys) -> str | None:
-    """"sd3" or "flux" when `keys` (a file's tensor names) hold a flow transformer, bare or under
+    """"sd3", "flux" or "zimage" when `keys` (a file's tensor names) hold a flow transformer, bare or under
     model.diffusion_model., in the original names or diffusers'; None for anything else."""
     names = [k.removeprefix(PREFIX) for k in keys]
     if any(n.startswith(("noise_refiner.", "context_refiner.")) for n in names):
@@ -67,10 +68,7 @@ def flow_config(family: str, net: dict[str, torch.Tensor], vae: dict | None, nam
         transformer = {"sd3": mmdit_config_of, "flux": flux_config_of, "zimage": zimage_config_of}[family](net)
     except (IndexError, ValueError) as error:
         raise ModelFileError(f"the {family.upper()} transformer's weights are not a complete model ({error})") from None
-    vae_config = vae_config_of(vae, family) if vae else None
-    if vae_config is not None and (vae_json or {}).get("scaling_factor"):
-        vae_config = dataclasses.replace(vae_config, scaling_factor=float(vae_json["scaling_factor"]),
-                                         shift_factor=float(vae_json.get("shift_factor") or 0.0))
+    vae_config = vae_config_of(vae, family, vae_json) if vae else None
     scheduler = scheduler or {}
     if isinstance(transformer, FluxConfig):
         dynamic = bool(scheduler.get("use_dynamic_shifting", transformer.guidance_embed))
@@ -83,10 +81,7 @@ def flow_config(family: str, net: dict[str, torch.Tensor], vae: dict | None, nam
         dynamic, shift, text = False, float(scheduler.get("shift", 3.0)), "clip-sd3"
         defaults = ({"steps": 40, "guidance_scale": 4.5} if transformer.dual_attention_layers else
                     {"steps": 28, "guidance_scale": 3.5} if transformer.qk_norm else {"steps": 28, "guidance_scale": 7.0})
-    size = FAMILY_DEFAULTS[family]["image_size"]
-    declared = str((metadata or {}).get("modelspec.resolution", "")).lower().replace(" ", "").split("x")
-    if len(declared) == 2 and declared[0] == declared[1] and declared[0].isdigit():
-        size = int(declared[0])
+    size = declared_size(metadata) or FAMILY_DEFAULTS[family]["image_size"]
     return ModelConfig(kind="latent", unet=None, vae=vae_config, text_encoder=text + ("+t5" if t5 else ""), prediction="flow",
                        image_size=size, name=name, defaults=defaults | {"sampler": "euler"}, transformer=transformer,
                        flow_shift=shift, flow_dynamic=dynamic)
@@ -135,17 +130,17 @@ def load_flow_single_file(file: Path, name: str, state: dict[str, torch.Tensor],
 
 
 def load_flow_folder(folder: Path, name: str, meta: bool = False) -> SDCheckpoint:
-    """A diffusers SD3 / FLUX folder (``transformer/`` sharded or whole; `meta`: shapes only, for `describe`)."""
+    """A diffusers SD3 / FLUX / Z-Image folder (``transformer/`` sharded or whole; `meta`: shapes only, for `describe`)."""
     state, file = folder_weights(folder / "transformer", meta=meta)
     family = transformer_family(state)
     if family is None:
-        raise ModelFileError(f"{folder}/transformer holds neither an SD3 nor a FLUX transformer")
+        raise ModelFileError(f"{folder}/transformer holds no SD3, FLUX or Z-Image transformer")
     net = original_layout(state, family)
     check_finite(net, file)
     vae_state, vae_file = folder_weights(folder / "vae", meta=meta)
     check_finite(vae_state, vae_file)
     vae = vae_from_diffusers_layout(vae_state)
-    t5 = family != "zimage" and (folder / ("text_encoder_3" if family == "sd3" else "text_encoder_2")).is_dir()
+    t5 = (family, T5) in TEXT_FOLDERS and (folder / TEXT_FOLDERS[family, T5]).is_dir()
     first = QWEN if family == "zimage" else CLIP_L
     text = {first: (folder / "text_encoder").is_dir(), CLIP_G: family == "sd3" and (folder / "text_encoder_2").is_dir(), T5: t5}
     config = flow_config(family, net, vae, name, t5=t5, scheduler=read_json(folder / "scheduler" / "scheduler_config.json"),
@@ -155,7 +150,7 @@ def load_flow_folder(folder: Path, name: str, meta: bool = False) -> SDCheckpoin
 
 
 def describe_flow(ckpt: SDCheckpoint) -> dict[str, str]:
-    """`noisecraft info`'s lines for an SD3 / FLUX checkpoint: family, transformer size and precision, text encoders."""
+    """`noisecraft info`'s lines for an SD3 / FLUX / Z-Image checkpoint: family, transformer size and precision, text encoders."""
     c, net = ckpt.config.transformer, ckpt.parts["transformer"]
     count = sum(t.numel() for t in net.values())
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in net.values() if t.ndim >= 2})
@@ -177,25 +172,17 @@ def describe_flow(ckpt: SDCheckpoint) -> dict[str, str]:
             "text": " + ".join(text) if text else "none in the file (give them with --text-encoders)"}
 
 
-def qwen_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Path | None]:
-    """Z-Image's Qwen3 tensors (transformers' names) and, in a folder, its tokenizer folder."""
+def text_state_of(ckpt: SDCheckpoint, prefix: str) -> tuple[dict[str, torch.Tensor] | None, Path | None]:
+    """The tensors (transformers' names) of the text encoder a single file keeps under `prefix` (T5, QWEN), or a
+    folder keeps in its ``text_encoder*/``, and the folder's ``tokenizer*/`` beside it; (None, None) without one."""
     if ckpt.folder is not None:
-        return folder_weights(ckpt.folder / "text_encoder", text=True)[0], ckpt.folder / "tokenizer"
-    state = {k.removeprefix(QWEN): v for k, v in ckpt.text_state.items() if k.startswith(QWEN)}
-    return state or None, None
-
-
-def t5_state_of(ckpt: SDCheckpoint) -> tuple[dict[str, torch.Tensor] | None, Path | None]:
-    """The T5 encoder's tensors of a checkpoint (transformers' names) and, in a folder, its tokenizer folder."""
-    if ckpt.folder is not None:
-        sub = ckpt.folder / ("text_encoder_3" if ckpt.family == "sd3" else "text_encoder_2")
-        if not sub.is_dir():
+        sub = ckpt.folder / TEXT_FOLDERS.get((ckpt.family, prefix), "")
+        if sub == ckpt.folder or not sub.is_dir():
             return None, None
-        tokenizer = ckpt.folder / ("tokenizer_3" if ckpt.family == "sd3" else "tokenizer_2")
-        return folder_weights(sub, text=True)[0], tokenizer if (tokenizer / "tokenizer.json").is_file() else None
-    state = {k.removeprefix(T5): v for k, v in ckpt.text_state.items() if k.startswith(T5)}
+        return folder_weights(sub, text=True)[0], ckpt.folder / sub.name.replace("text_encoder", "tokenizer")
+    state = {k.removeprefix(prefix): v for k, v in ckpt.text_state.items() if k.startswith(prefix)}
     return state or None, None
 
 
-__all__ = ["T5_LENGTH", "flow_config", "load_flow_folder", "load_flow_single_file", "qwen_state_of", "t5_state_of", "text_files",
+__all__ = ["T5_LENGTH", "flow_config", "load_flow_folder", "load_flow_single_file", "text_files", "text_state_of",
            "transformer_family"]

@@ -29,8 +29,8 @@ from ..text.qwen import QwenTextEncoder
 from ..text.qwen import bundled_tokenizer as qwen_tokenizer
 from ..text.t5 import T5TextEncoder, bundled_tokenizer
 from .config import ModelConfig
-from .flow_files import (CLIP_L, QWEN, T5_LENGTH, describe_flow, load_flow_folder, load_flow_single_file, qwen_state_of,
-                         t5_state_of, text_files, transformer_family)
+from .flow_files import (CLIP_L, QWEN, T5, T5_LENGTH, describe_flow, load_flow_folder, load_flow_single_file, text_files,
+                         text_state_of, transformer_family)
 from .io import header_tensors, model_hash, read_safetensors_header, read_tensors, sniff, weights_file
 from .noisecraft import is_noisecraft, read_model_file
 from .sd import (SDCheckpoint, component_file, is_diffusers_folder, is_sd_single_file, load_diffusers_folder,
@@ -78,10 +78,6 @@ class Components:
     source: Source
     t5: T5TextEncoder | None = None  # SD3 (optional) and FLUX: the T5 encoder beside the CLIP ones
 
-    @property
-    def unet(self) -> UNet | None:
-        return self.network if isinstance(self.network, UNet) else None
-
 
 def identify(path: str | os.PathLike | None = None) -> Source:
     """What the model at `path` is (None or "builtin": the built-in model), reading no more than a header."""
@@ -114,12 +110,18 @@ def _name(path: Path, file: Path, header: dict | None, builtin: bool) -> str:
     return file.parent.name if file.name == "model.safetensors" else file.stem
 
 
+def flow_family(source: Source) -> str | bool | None:
+    """Whether a source holds a flow model (SD3, FLUX, Z-Image): a diffusers folder with a ``transformer/``, or the
+    single file's family from its header; false for the UNet families."""
+    return (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {})
+
+
 def read_checkpoint(source: Source | str | os.PathLike, prediction: str | None = None, text_encoders=(),
                     meta: bool = False) -> SDCheckpoint:
     """A Stable Diffusion model's weights (a `Source` or a path), in the original layout, on the CPU; `text_encoders`:
     standalone CLIP / T5 files for an SD3 or FLUX file; `meta`: an SD3 / FLUX model's shapes only (from its headers)."""
     source = source if isinstance(source, Source) else identify(source)
-    flow = (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {})
+    flow = flow_family(source)
     if flow and prediction:
         raise UserError("--prediction is for UNet models; SD3 and FLUX predict the flow's velocity")
     if not flow and text_encoders:
@@ -179,17 +181,19 @@ def load_components(source: Source, *, device: torch.device, dtype: torch.dtype,
 
 def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, device, dtype, text_device) -> Components:
     """The networks of an SD3 / FLUX / Z-Image checkpoint: transformer, VAE and text encoders (T5 optional for SD3)."""
-    kind = {MMDiTConfig: "sd3", FluxConfig: "flux", ZImageConfig: "zimage"}[type(config.transformer)]
+    kind = ckpt.family
     if "vae" not in ckpt.parts:
         raise UserError(f"{source.file} holds no autoencoder; add one with --vae FILE (FLUX.1's ae.safetensors, SD3's vae)")
     if ckpt.folder is None and not any(k.startswith(QWEN if kind == "zimage" else CLIP_L) for k in ckpt.text_state):
         files = {"sd3": "clip_l.safetensors clip_g.safetensors [t5xxl_fp16.safetensors]", "flux": "clip_l.safetensors t5xxl_fp16.safetensors",
                  "zimage": "qwen_3_4b.safetensors"}[kind]
         raise UserError(f"{source.file} holds no text encoders; give them with --text-encoders {files}")
-    net = build_module({"sd3": MMDiT, "flux": Flux, "zimage": ZImage}[kind], config.transformer, ckpt.parts.pop("transformer"), device, dtype)
+    net = build_module({MMDiTConfig: MMDiT, FluxConfig: Flux, ZImageConfig: ZImage}[type(config.transformer)], config.transformer, ckpt.parts.pop("transformer"), device, dtype)
     autoencoder = build_module(AutoencoderKL, config.vae, ckpt.parts.pop("vae"), device, dtype if device.type == "cuda" else torch.float32)
     if kind == "zimage":
-        state, tokenizer = qwen_state_of(ckpt)
+        state, tokenizer = text_state_of(ckpt, QWEN)
+        if state is None:
+            raise ModelFileError(f"{source.path} has no text_encoder/ folder; a Z-Image folder needs its Qwen3")
         qwen = QwenTextEncoder.from_state(state, qwen_tokenizer(tokenizer), device=text_device, dtype=dtype)
         if qwen.dim != config.transformer.context_dim:
             raise ModelFileError(f"{source.file}'s Qwen3 states are {qwen.dim} wide where the transformer reads "
@@ -199,7 +203,7 @@ def _flow_components(ckpt: SDCheckpoint, config: ModelConfig, source: Source, de
         text_encoder = text_encoder_from_folder(ckpt.folder, ckpt.family, device=text_device, dtype=dtype)
     else:
         text_encoder = text_encoder_from_single_file(ckpt.text_state, ckpt.family, device=text_device, dtype=dtype)
-    t5_state, tokenizer_folder = t5_state_of(ckpt)
+    t5_state, tokenizer_folder = text_state_of(ckpt, T5)
     t5 = None if t5_state is None else T5TextEncoder.from_state(t5_state, bundled_tokenizer(tokenizer_folder), T5_LENGTH[ckpt.family],
                                                                 device=text_device, dtype=dtype)
     if kind == "flux" and t5 is None:
@@ -240,7 +244,7 @@ def describe(source: Source) -> dict[str, str]:
     if source.kind == "noisecraft":
         config, parts = read_model_file(source.file, source.fmt, source.header)
         family = None
-    elif (source.path / "transformer").is_dir() if source.kind == "diffusers" else transformer_family(source.header or {}):
+    elif flow_family(source):
         ckpt = read_checkpoint(source, meta=True)
         config, parts = ckpt.config, ckpt.parts
         flow = describe_flow(ckpt)

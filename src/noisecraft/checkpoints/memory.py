@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -23,9 +24,7 @@ def weight_bytes(files: list[Path], dtype: torch.dtype) -> int:
             stored = SAFETENSORS_DTYPES.get(entry.get("dtype")) if name != "__metadata__" else None
             if stored is None:
                 continue
-            count = 1
-            for n in entry["shape"]:
-                count *= n
+            count = math.prod(entry["shape"])
             kept = stored.is_floating_point and stored.itemsize > 1  # fp8 stays fp8; others take the compute dtype
             total += count * (dtype.itemsize if kept else stored.itemsize)
     return total

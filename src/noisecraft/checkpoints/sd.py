@@ -14,7 +14,6 @@ anything else. The format is decided by the file's first bytes, never by its ext
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -71,12 +70,14 @@ def is_diffusers_folder(path: Path) -> bool:
         ((path / "model_index.json").exists() or (path / "vae").is_dir())
 
 
-def component_file(directory: Path) -> Path:
-    """The file that names a component folder's weights: the weights file, or the index of its shards."""
-    index = directory / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file() and not any((directory / name).is_file() for name in DIFFUSERS_WEIGHTS):
+def component_file(directory: Path, text: bool = False) -> Path:
+    """The file that names a component folder's weights (``unet/``, ``transformer/``; `text`: ``text_encoder/``):
+    the weights file, or the index of its shards."""
+    names = TEXT_WEIGHTS if text else DIFFUSERS_WEIGHTS
+    index = directory / ("model.safetensors.index.json" if text else "diffusion_pytorch_model.safetensors.index.json")
+    if index.is_file() and not any((directory / name).is_file() for name in names):
         return index
-    return weights_file(directory, DIFFUSERS_WEIGHTS, ("*.safetensors", "*.bin"))
+    return weights_file(directory, names, () if text else ("*.safetensors", "*.bin"))
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -116,18 +117,16 @@ def folder_weights(directory: Path, text: bool = False, meta: bool = False) -> t
     read = (lambda f: (header_tensors(read_safetensors_header(f)), {})) if meta else read_tensors
     if not directory.is_dir():
         raise ModelFileError(f"{directory.parent} has no {directory.name}/ folder; a diffusers model needs one")
-    names = TEXT_WEIGHTS if text else DIFFUSERS_WEIGHTS
-    index = directory / ("model.safetensors.index.json" if text else "diffusion_pytorch_model.safetensors.index.json")
-    if index.is_file() and not any((directory / name).is_file() for name in names):
-        try:
-            files = sorted(set(read_json(index)["weight_map"].values()))
-        except (KeyError, TypeError, AttributeError):
-            raise ModelFileError(f"{index} is not a safetensors index; copy the folder again") from None
-        if any("/" in f or "\\" in f or f.startswith(".") for f in files):
-            raise ModelFileError(f"{index} names files outside its folder; noisecraft does not follow it")
-        return {k: v for f in files for k, v in read(directory / f)[0].items()}, index
-    file = weights_file(directory, names, () if text else ("*.safetensors", "*.bin"))
-    return read(file)[0], file
+    file = component_file(directory, text)
+    if not file.name.endswith(".index.json"):
+        return read(file)[0], file
+    try:
+        files = sorted(set(read_json(file)["weight_map"].values()))
+    except (KeyError, TypeError, AttributeError):
+        raise ModelFileError(f"{file} is not a safetensors index; copy the folder again") from None
+    if any("/" in f or "\\" in f or f.startswith(".") for f in files):
+        raise ModelFileError(f"{file} names files outside its folder; noisecraft does not follow it")
+    return {k: v for f in files for k, v in read(directory / f)[0].items()}, file
 
 
 def _folder_part(directory: Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
@@ -151,11 +150,7 @@ def load_diffusers_folder(folder: Path, name: str, *, prediction: str | None = N
     vae = vae_from_diffusers_layout(vae_d)
     scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     declared = prediction or scheduler.get("prediction_type")
-    vae_config = vae_config_of(vae, family)
-    if vae_json.get("scaling_factor"):
-        vae_config = dataclasses.replace(vae_config, scaling_factor=float(vae_json["scaling_factor"]),
-                                         shift_factor=float(vae_json.get("shift_factor") or 0.0))
-    config = model_config(family, unet_config, vae_config, prediction_of(family, {}, unet_config, unet, declared), name)
+    config = model_config(family, unet_config, vae_config_of(vae, family, vae_json), prediction_of(family, {}, unet_config, unet, declared), name)
     return SDCheckpoint(config, {"unet": unet, "vae": vae}, unet_file, family, folder=folder)
 
 
@@ -238,7 +233,7 @@ def text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu", d
                                     c.get("projection_dim") if "WithProjection" in str(c.get("architectures")) else None)
         except (ValueError, KeyError, TypeError) as error:
             raise ModelFileError(f"{config_file} is not a CLIP text config ({error}); copy the folder again") from None
-        state = keymaps.hf_layout(_text_folder_weights(sub))
+        state = keymaps.hf_layout(folder_weights(sub, text=True)[0])
         encoders[part.name] = build_text_tower(config, state, device, dtype, f"{family} text encoder in {sub}")
         tok_dir = folder / part.name.replace("text_encoder", "tokenizer")
         part_tokenizer = CLIPTokenizer.from_folder(tok_dir) if tok_dir.is_dir() else CLIPTokenizer.bundled()
@@ -248,6 +243,3 @@ def text_encoder_from_folder(folder: str | Path, family: str, *, device="cpu", d
         pads[part.name] = (read_pad_token(tok_dir) if tok_dir.is_dir() else None) or part.pad
     return SDTextEncoder(family, encoders, tokenizer, pads)
 
-
-def _text_folder_weights(sub: Path) -> dict:
-    return folder_weights(sub, text=True)[0]

@@ -84,8 +84,9 @@ def unet_config_of(unet: dict[str, torch.Tensor], family: str, heads: dict | Non
         adm_in_channels=unet["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in unet else None, **heads)
 
 
-def vae_config_of(vae: dict[str, torch.Tensor], family: str) -> VAEConfig:
-    """The VAEConfig that fits an original-layout VAE state dict."""
+def vae_config_of(vae: dict[str, torch.Tensor], family: str, declared: dict | None = None) -> VAEConfig:
+    """The VAEConfig that fits an original-layout VAE state dict; `declared`: a diffusers ``vae/config.json``, whose
+    scaling (and shift) factor wins over the family's."""
     try:
         ch, in_channels = vae["encoder.conv_in.weight"].shape[:2]
         z_channels = vae["decoder.conv_in.weight"].shape[1]
@@ -98,11 +99,18 @@ def vae_config_of(vae: dict[str, torch.Tensor], family: str) -> VAEConfig:
     attn = any(re.match(r"encoder\.down\.\d+\.attn\.", k) for k in vae)
     if attn:
         raise ModelFileError("this VAE has attention inside its levels, which Stable Diffusion's autoencoders do not; it is not supported")
+    scaling, shift = FAMILY_DEFAULTS[family]["scaling_factor"], FAMILY_DEFAULTS[family].get("shift_factor", 0.0)
+    if (declared or {}).get("scaling_factor"):
+        scaling, shift = float(declared["scaling_factor"]), float(declared.get("shift_factor") or 0.0)
     return VAEConfig(in_channels=in_channels, out_channels=vae["decoder.conv_out.weight"].shape[0], ch=ch, ch_mult=mult,
-                     num_res_blocks=blocks, z_channels=z_channels, embed_dim=embed_dim,
-                     scaling_factor=FAMILY_DEFAULTS[family]["scaling_factor"],
-                     shift_factor=FAMILY_DEFAULTS[family].get("shift_factor", 0.0),
-                     use_quant_conv="post_quant_conv.weight" in vae)
+                     num_res_blocks=blocks, z_channels=z_channels, embed_dim=embed_dim, scaling_factor=scaling,
+                     shift_factor=shift, use_quant_conv="post_quant_conv.weight" in vae)
+
+
+def declared_size(metadata: dict | None) -> int | None:
+    """The model spec's native size ("1024x1024" in ``modelspec.resolution``), when square."""
+    declared = re.fullmatch(r"\s*(\d{2,5})\s*x\s*(\d{2,5})\s*", str((metadata or {}).get("modelspec.resolution", "")))
+    return int(declared[1]) if declared and declared[1] == declared[2] else None
 
 
 def prediction_of(family: str, metadata: dict, unet_config: UNetConfig, unet: dict, override: str | None) -> str:
@@ -142,9 +150,7 @@ def model_config(family: str, unet_config: UNetConfig, vae_config: VAEConfig, pr
     image_size = FAMILY_DEFAULTS[family]["image_size"]
     if family == "sd2" and prediction == "eps":
         image_size = 512
-    declared = re.fullmatch(r"\s*(\d{2,5})\s*x\s*(\d{2,5})\s*", str((metadata or {}).get("modelspec.resolution", "")))
-    if declared and declared[1] == declared[2]:  # the model spec's native size ("1024x1024"), when square
-        image_size = int(declared[1])
+    image_size = declared_size(metadata) or image_size
     return ModelConfig(kind="latent", unet=unet_config, vae=vae_config, text_encoder=f"clip-{family}",
                        prediction=prediction, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                        num_train_timesteps=1000, image_size=image_size, name=name, defaults=dict(SD_DEFAULTS))

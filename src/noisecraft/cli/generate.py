@@ -98,8 +98,8 @@ def cmd_generate(args) -> int:
         raise UserError("--outpaint extends a picture; give it with --init-image")
     if sides and mask is not None:
         raise UserError("--outpaint makes its own mask; leave out --mask")
-    _say_fit(args)
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
+    source = _said_fit(args)
+    pipe = Pipeline.from_pretrained(source, device=args.device, dtype=DTYPES.get(args.dtype), vae=args.vae,
                                     prediction=args.prediction, text_encoders=args.text_encoders, offload=args.offload,
                                     text_device=args.text_device)
     if args.vae_tiling:
@@ -177,9 +177,9 @@ def cmd_upscale(args) -> int:
     return 0
 
 
-def _say_fit(args) -> None:
-    """Before a Stable Diffusion / SD3 / FLUX / Z-Image model of 1 GB or more loads (or one that will not fit): its
-    size in memory and whether it fits (stderr)."""
+def _said_fit(args):
+    """The model's `Source` (identified once, for the load too), and before a Stable Diffusion / SD3 / FLUX / Z-Image
+    model of 1 GB or more loads (or one that will not fit): its size in memory and whether it fits (stderr)."""
     from ..checkpoints import identify
     from ..checkpoints.memory import fit_report, model_files
     from ..devices import DTYPES, default_dtype, pick_device
@@ -192,3 +192,4 @@ def _say_fit(args) -> None:
         said = fit_report(source.name, files, device, DTYPES.get(args.dtype) or default_dtype(device), args.offload, quiet_below=1e9)
         if said:
             print(said, file=sys.stderr)
+    return source

@@ -46,12 +46,14 @@ class FluxConfig(JSONConfig):
             object.__setattr__(self, "axes_dim", tuple(self.axes_dim))
 
 
-def rope(ids: torch.Tensor, axes_dim: tuple[int, ...], theta: float) -> torch.Tensor:
-    """[L, head_dim / 2, 2, 2] rotation matrices for positions `ids` [L, n_axes], each axis its own widths."""
+def rope(ids: torch.Tensor, axes_dim: tuple[int, ...], theta: float, float32_angles: bool = False) -> torch.Tensor:
+    """[L, head_dim / 2, 2, 2] rotation matrices for positions `ids` [L, n_axes], each axis its own widths; the
+    angles in float64 (FLUX), or rounded to float32 before their cosines and sines (Z-Image's complex64 tables)."""
     parts = []
     for axis, dim in enumerate(axes_dim):
         omega = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=ids.device) / dim)
         angles = ids[:, axis].to(torch.float64)[:, None] * omega[None]
+        angles = angles.float() if float32_angles else angles
         cos, sin = torch.cos(angles), torch.sin(angles)
         parts.append(torch.stack([cos, -sin, sin, cos], dim=-1).reshape(*angles.shape, 2, 2))
     return torch.cat(parts, dim=1).float()

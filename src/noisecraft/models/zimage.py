@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import JSONConfig
-from .flux import apply_rope
+from .flux import apply_rope, rope
 from .mmdit import RMSNorm, timestep_sinusoids
 
 PAD_TO = 32  # sequences are padded to multiples of this
@@ -136,18 +136,11 @@ class ZImage(nn.Module):
         return [*self.noise_refiner, *self.context_refiner, *self.layers]
 
     def _rotations(self, ids: torch.Tensor) -> torch.Tensor:
-        """RoPE as Z-Image computes it: angles in float64, rounded to float32 before their cosines and sines (its
-        complex64 tables), in `flux.rope`'s [L, D/2, 2, 2] rotation form."""
-        parts = []
-        for axis, dim in enumerate(self.config.axes_dim):
-            omega = 1.0 / self.config.theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=ids.device) / dim)
-            angles = (ids[:, axis].to(torch.float64)[:, None] * omega[None]).float()
-            cos, sin = torch.cos(angles), torch.sin(angles)
-            parts.append(torch.stack([cos, -sin, sin, cos], dim=-1).reshape(*angles.shape, 2, 2))
-        return torch.cat(parts, dim=1)
+        """RoPE as Z-Image computes it (float32 angles), in `flux.rope`'s [L, D/2, 2, 2] rotation form."""
+        return rope(ids, self.config.axes_dim, self.config.theta, float32_angles=True)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
-        c, dtype = self.config, self.x_embedder.weight.dtype
+        dtype = self.x_embedder.weight.dtype
         b, ch, height, width = x.shape
         h, w = height // 2, width // 2
         n, nx = h * w, _padded(h * w)
@@ -158,15 +151,16 @@ class ZImage(nn.Module):
         lengths = context_mask.sum(1).tolist() if context_mask is not None else [context.shape[1]] * b
         padded = [_padded(int(n_i)) for n_i in lengths]
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        img_rot, cap, cap_rot = [], [], []
-        for i in range(b):
-            grid = torch.stack([torch.full_like(rows, padded[i] + 1), rows, cols], dim=-1).reshape(-1, 3)
-            img_rot.append(self._rotations(torch.cat([grid, torch.zeros(nx - n, 3, dtype=grid.dtype)]).to(x.device)))
-            tokens = self.cap_embedder(context[i, :lengths[i]].to(dtype))
-            cap.append(torch.cat([tokens, self.cap_pad_token.to(dtype).expand(padded[i] - lengths[i], -1)]))
-            ids = torch.zeros(padded[i], 3, dtype=torch.long)
-            ids[:, 0] = torch.arange(1, padded[i] + 1)
-            cap_rot.append(self._rotations(ids.to(x.device)))
+        rotations = {}  # per padded prompt length: (the image's, the prompt's); a batch has few distinct ones
+        for p in set(padded):
+            grid = torch.stack([torch.full_like(rows, p + 1), rows, cols], dim=-1).reshape(-1, 3)
+            ids = torch.zeros(p, 3, dtype=torch.long)
+            ids[:, 0] = torch.arange(1, p + 1)
+            rotations[p] = (self._rotations(torch.cat([grid, torch.zeros(nx - n, 3, dtype=grid.dtype)]).to(x.device)),
+                            self._rotations(ids.to(x.device)))
+        img_rot, cap_rot = [rotations[p][0] for p in padded], [rotations[p][1] for p in padded]
+        cap = [torch.cat([self.cap_embedder(context[i, :lengths[i]].to(dtype)),
+                          self.cap_pad_token.to(dtype).expand(padded[i] - lengths[i], -1)]) for i in range(b)]
         img_rot = torch.stack(img_rot)
         for block in self.noise_refiner:
             img = block(img, img_rot, None, mod)

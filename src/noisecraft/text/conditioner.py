@@ -27,7 +27,7 @@ class Conditioner:
         self.device, self.dtype, self.subjects = device, dtype, subjects
         self.context_dim, self.t5, self.t5_length = context_dim, t5, t5_length  # SD3: the joint width, its T5
         self.text_device = None  # where the text encoders run, when not on `device` (their outputs move to it)
-        self.kept: dict[tuple, tuple[dict, dict | None]] = {}  # the last conditionings, for `free`
+        self.kept: dict[tuple, tuple[dict, dict | None]] | None = None  # while `keep` is on: what `free` leaves
         self.freed = False
 
     def subject(self, prompt: str, subject: str | None) -> str | None:
@@ -95,10 +95,10 @@ class Conditioner:
     def pair(self, prompt: str, negative: str, subject: str | None, n: int, size: tuple[int, int],
              guided: bool) -> tuple[dict, dict | None]:
         """Conditioning for n pictures of `prompt` and, when `guided`, the negative prompt's: one encoder batch.
-        Each result is kept (the last `KEEP`), so that after `free` the prompts drawn before still draw."""
+        While `keep` is on each result is kept, so that after `free` those prompts still draw."""
         key = (prompt, negative, subject, tuple(size), guided)
         if self.freed:
-            if key not in self.kept:
+            if key not in (self.kept or {}):
                 raise UserError("the text encoders were freed after encoding this model's prompts; this prompt was not "
                                 "among them: load the model again to draw it", field="prompt")
             cond, uncond = self.kept[key]
@@ -107,14 +107,16 @@ class Conditioner:
         both = self.encode([prompt] * n + negatives, size, [subject or prompt] * n + negatives)
         cond = {k: v[:n] for k, v in both.items()}
         result = cond, ({k: v[n:] for k, v in both.items()} if guided else None)
-        self.kept.pop(key, None)
-        self.kept[key] = tuple(None if c is None else _first_row(c) for c in result)  # one row: all are one prompt's
-        while len(self.kept) > KEEP:
-            self.kept.pop(next(iter(self.kept)))
+        if self.kept is not None:
+            self.kept[key] = result
         return result
 
+    def keep(self) -> None:
+        """From now on, keep what `pair` encodes (for `free`)."""
+        self.kept = {} if self.kept is None else self.kept
+
     def free(self) -> None:
-        """Drop the text encoders (their memory goes back); the prompts encoded before keep their conditioning."""
+        """Drop the text encoders (their memory goes back); what was encoded since `keep` still draws."""
         self.encoder = self.t5 = None
         self.freed = True
 
@@ -122,13 +124,6 @@ class Conditioner:
     def conditional(self) -> bool:
         """Whether the model reads a prompt at all (freed text encoders still count: their prompts draw)."""
         return self.encoder is not None or self.freed
-
-
-KEEP = 8  # conditionings kept for `Conditioner.free`
-
-
-def _first_row(cond: dict) -> dict:
-    return {k: v[:1].clone() if torch.is_tensor(v) else v for k, v in cond.items()}
 
 
 def _rows(cond: dict, n: int) -> dict:

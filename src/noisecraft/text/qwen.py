@@ -7,6 +7,7 @@ Qwen3Model, with a `tokenizers` tokenizer (Qwen's byte-level BPE, shipped in ``q
 Each prompt is wrapped as a chat turn, as Z-Image was trained (Qwen3's template with ``add_generation_prompt`` and
 thinking enabled: ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n``), cut to `max_length`
 tokens, padded on the right and read from the second-to-last layer; the mask marks the tokens that are not padding.
+The last layer and the final norm are never read, so they are dropped on load (as SD2 drops its CLIP's last layer).
 """
 
 from __future__ import annotations
@@ -65,8 +66,15 @@ class QwenTextEncoder(nn.Module):
         from transformers import Qwen3Model
 
         state = {k.removeprefix("model."): v for k, v in state.items() if k != "lm_head.weight"}
+        config = qwen_config_from_state(state)
+        config.num_hidden_layers -= 1  # Z-Image reads the second-to-last layer's states: the last one is never run
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[: config.num_hidden_layers]
+        last = f"layers.{config.num_hidden_layers}."
+        state = {k: v for k, v in state.items() if not k.startswith(last) and k != "norm.weight"}
         with torch.device("meta"):
-            model = Qwen3Model(qwen_config_from_state(state))
+            model = Qwen3Model(config)
+        model.norm = nn.Identity()  # the states before the final norm
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise ModelFileError(f"the Qwen3 text encoder's weights do not fit a Qwen3 model ({(missing or unexpected)[0]}); "
@@ -84,7 +92,7 @@ class QwenTextEncoder(nn.Module):
         length = max(len(r) for r in rows)
         ids = torch.tensor([r + [self.pad_id] * (length - len(r)) for r in rows], device=self.device)
         mask = torch.arange(length, device=self.device)[None] < torch.tensor([len(r) for r in rows], device=self.device)[:, None]
-        states = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states[-2].float()
+        states = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
         return TextEmbedding(states, states.new_zeros(len(prompts), 0), mask)
 
 
